@@ -1,0 +1,102 @@
+"""Augmentation (He et al.: pad 4, random 32x32 crop, random horizontal flip) and normalisation.
+
+`parse_record` treats one image with numpy, as the assignment asks; `augment_batch` does the same to a
+whole uint8 batch in one gather on the batch's device, and is what training uses. `Loader` slices
+batches from one uint8 tensor that lives on the device (no DataLoader workers: the data set is 150 MB).
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAD = 4
+SIZE = 32
+
+
+def channel_stats(x):
+    """Per-channel mean and std in pixel units (0-255) of uint8 images [N, 3072]."""
+    planes = x.reshape(len(x), 3, -1)
+    mean = np.array([planes[:, c].mean(dtype=np.float64) for c in range(3)])
+    std = np.array([planes[:, c].std(dtype=np.float64) for c in range(3)])
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def parse_record(record, training, rng, mean, std):
+    """One image: [3072] uint8 -> [3, 32, 32] float32; in training padded by 4 zeros, randomly cropped
+    back to 32x32 and flipped left-right with probability 1/2; then normalised per channel."""
+    image = record.reshape(3, SIZE, SIZE)
+    if training:
+        padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
+        dy, dx = rng.integers(0, 2 * PAD + 1, size=2)
+        image = padded[:, dy:dy + SIZE, dx:dx + SIZE]
+        if rng.random() < 0.5:
+            image = image[:, :, ::-1]
+    mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, np.float32).reshape(3, 1, 1)
+    return (image.astype(np.float32) - mean) / std
+
+
+def augment_batch(images, generator):
+    """uint8 [B, 3, 32, 32] -> uint8 [B, 3, 32, 32] (channels_last): the same crop and flip as
+    parse_record, drawn independently per image, done as one gather (the flip is folded into the
+    column index)."""
+    n = len(images)
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator, device=generator.device)
+    flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    offsets, flip = offsets.to(images.device), flip.to(images.device)
+    ramp = torch.arange(SIZE, device=images.device)
+    rows = offsets[0, :, None] + ramp                                   # [B, 32]
+    cols = offsets[1, :, None] + torch.where(flip[:, None], SIZE - 1 - ramp, ramp)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]          # [B, 32, 32, 3]
+    return out.permute(0, 3, 1, 2)                                      # NCHW view of NHWC memory
+
+
+def normalize(images, mean, std):
+    """uint8 [B, 3, H, W] -> float32, per-channel (x - mean) / std, memory format kept."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
+
+
+def step_generator(seed, *keys, device="cpu"):
+    """A torch.Generator that is a pure function of (seed, *keys): batch (epoch, step) draws the same
+    permutation and crops whether or not the run was interrupted before it."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
+
+
+class Loader:
+    """Batches of (normalised float images, labels) from uint8 images [N, 3072] held on `device`.
+
+    Training batches follow a fresh seeded permutation each epoch, are augmented, and drop the last
+    partial batch; evaluation batches are in order and complete. With world_size > 1 each rank takes a
+    distinct shard of the permutation (data parallel).
+    """
+
+    def __init__(self, x, y, batch_size, mean, std, device, training, seed=0, rank=0, world_size=1):
+        self.x = torch.as_tensor(x).view(-1, 3, SIZE, SIZE).to(device)
+        self.y = torch.as_tensor(y).to(device)
+        self.batch_size, self.mean, self.std, self.device = batch_size, mean, std, torch.device(device)
+        self.training, self.seed, self.rank, self.world_size = training, seed, rank, world_size
+
+    def __len__(self):
+        if self.training:
+            return len(self.x) // self.world_size // self.batch_size
+        return -(-len(self.x) // self.batch_size)
+
+    def batches(self, epoch=0, start_step=0):
+        """Yield (step, images, labels) from step start_step of this epoch."""
+        if self.training:
+            order = torch.randperm(len(self.x), generator=step_generator(self.seed, epoch))
+            order = order[self.rank::self.world_size].to(self.device)
+        for step in range(start_step, len(self)):
+            if self.training:
+                index = order[step * self.batch_size:(step + 1) * self.batch_size]
+                gen = step_generator(self.seed, epoch, step, self.rank, device=self.device)
+                images, labels = augment_batch(self.x[index], gen), self.y[index]
+            else:
+                images = self.x[step * self.batch_size:(step + 1) * self.batch_size]
+                labels = self.y[step * self.batch_size:(step + 1) * self.batch_size]
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield step, normalize(images, self.mean, self.std), labels

@@ -1,0 +1,66 @@
+"""Batched evaluation of a model or a checkpoint: accuracy, per-class accuracy, confusion matrix."""
+import torch
+import torch.nn.functional as F
+
+from hw2.augment import Loader
+from hw2.checkpoint import load_checkpoint
+from hw2.models import ResNet
+from hw2.runtime import autocast, resolve_device, resolve_dtype
+
+
+@torch.no_grad()
+def predict(model, loader, dtype=torch.float32, tta=False):
+    """Logits (float32, on the loader's device) for every image in an evaluation Loader. With tta the
+    logits of the image and its mirror image are averaged."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with autocast(loader.device, dtype):
+        for _, images, _ in loader.batches():
+            logits = model(images).float()
+            if tta:
+                logits = (logits + model(images.flip(3)).float()) / 2
+            outputs.append(logits)
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(model, x, y, mean, std, batch_size=1000, device="auto", dtype="auto", tta=False):
+    """Evaluate on uint8 images x [N, 3072] with labels y [N] -> dict with loss, accuracy,
+    per_class_accuracy [C] and confusion [C, C] (rows: true class, columns: predicted)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    model.to(device)
+    loader = Loader(x, y, batch_size, mean, std, device, training=False)
+    logits = predict(model, loader, dtype, tta)
+    labels = loader.y
+    num_classes = logits.shape[1]
+    predicted = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (predicted == labels).float().mean().item(),
+        "per_class_accuracy": per_class,
+        "confusion": confusion,
+        "predicted": predicted.cpu(),
+    }
+
+
+def restore(path, device="auto"):
+    """Rebuild the network a checkpoint was trained as and load its weights -> (model, checkpoint)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    checkpoint = load_checkpoint(path)
+    c = checkpoint["config"]
+    model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"])
+    model.load_state_dict(checkpoint["model"])
+    model.to(device, memory_format=torch.channels_last)
+    return model, checkpoint
+
+
+def evaluate_checkpoint(path, x, y, batch_size=1000, device="auto", dtype="auto", tta=False):
+    """Restore a checkpoint and evaluate it with the normalisation it was trained with."""
+    model, checkpoint = restore(path, device)
+    return evaluate(model, x, y, checkpoint["mean"], checkpoint["std"], batch_size,
+                    next(model.parameters()).device, dtype, tta)

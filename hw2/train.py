@@ -1,0 +1,349 @@
+"""Training: one Config (the notebook's parameters and the CLI's flags), a pure learning-rate schedule,
+and `train(config)`, which writes modeldir/model-{epoch}.ckpt and modeldir/metrics.csv as it goes.
+
+The defaults are He et al.'s recipe: batch 128, SGD with momentum 0.9, learning rate 0.1 divided by 10
+at epochs 91 and 136 of 182, weight decay 1e-4, 45k/5k train/validation split. Runs survive
+interruption: every checkpoint is written atomically, `resume` continues from the newest one exactly
+(batch order and augmentation are pure functions of seed, epoch and step), and SIGINT/SIGTERM stop after
+the current step with a checkpoint.
+"""
+import csv
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hw2.augment import Loader, channel_stats
+from hw2.checkpoint import (ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
+                            list_checkpoints, save_checkpoint)
+from hw2.data import download, load_data, train_valid_split
+from hw2.evaluate import evaluate
+from hw2.models import ResNet
+from hw2.runtime import autocast, resolve_device, resolve_dtype
+
+METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
+
+
+@dataclass
+class Config:
+    # network
+    resnet_version: int = 1           # 1: standard blocks (He 2015); 2: pre-activation bottleneck blocks (He 2016)
+    resnet_size: int = 3              # blocks per stack: depth 6n+2 for version 1 (3: ResNet-20), 9n+2 for version 2
+    first_num_filters: int = 16       # filters of the start convolution and the first stack (then x2, x4)
+    num_classes: int = 10
+    # optimisation
+    batch_size: int = 128             # images per step, over all processes together
+    epochs: int = 182                 # passes over the training split
+    learning_rate: float = 0.1        # peak rate of SGD
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4        # L2 on every parameter, as He et al.
+    lr_schedule: str = "step"         # "step": divide by 10 at each of lr_milestones; "cosine": cosine decay to 0
+    lr_milestones: list = field(default_factory=lambda: [91, 136])  # epochs after which the rate is divided by 10
+    warmup_epochs: float = 0.0        # linear warm-up from 0 over this many epochs (fractions allowed)
+    label_smoothing: float = 0.0      # cross-entropy label smoothing
+    tta: bool = False                 # evaluate on the image and its mirror image, logits averaged
+    # data
+    data_dir: str = "data"            # holds cifar-10-batches-py/ (downloaded there when missing)
+    valid_size: int = 5000            # images held out of the 50,000 for validation (shuffled, seeded)
+    train_subset: int = 0             # train on the first N images of the training split only (0: all)
+    # checkpoints
+    modeldir: str = ""                # where checkpoints and metrics.csv go ("": model_v{resnet_version})
+    save_interval: int = 10           # checkpoint every this many epochs, and always after the last one
+    resume: bool = False              # continue from the newest checkpoint in modeldir
+    on_nan: str = "stop"              # non-finite loss: "stop" with an error, or "skip" the batch
+    # runtime
+    seed: int = 0                     # initialisation, split, batch order and augmentation
+    device: str = "auto"              # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"               # "auto" (bfloat16 autocast where fast), "bfloat16" or "float32"
+    compile: bool = False             # torch.compile the network (pays off on GPUs for long runs)
+
+    def __post_init__(self):
+        positive = ["resnet_size", "first_num_filters", "batch_size", "epochs", "save_interval"]
+        checks = [
+            ("resnet_version", self.resnet_version in (1, 2), "must be 1 or 2"),
+            *[(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "must be an integer >= 1")
+              for name in positive],
+            ("num_classes", isinstance(self.num_classes, int) and 2 <= self.num_classes <= 10, "must be in 2-10 (CIFAR-10)"),
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("lr_schedule", self.lr_schedule in ("step", "cosine"), "must be 'step' or 'cosine'"),
+            ("lr_milestones", all(isinstance(m, int) and m > 0 for m in self.lr_milestones), "must be positive epochs"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("valid_size", isinstance(self.valid_size, int) and 0 <= self.valid_size < 50000, "must be in [0, 50000)"),
+            ("train_subset", isinstance(self.train_subset, int) and self.train_subset >= 0, "must be >= 0 (0: all)"),
+            ("on_nan", self.on_nan in ("stop", "skip"), "must be 'stop' or 'skip'"),
+            ("dtype", self.dtype in ("auto", "bfloat16", "float32"), "must be 'auto', 'bfloat16' or 'float32'"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
+        try:
+            torch.device(self.device if self.device != "auto" else "cpu")
+        except RuntimeError:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+
+    @property
+    def checkpoint_dir(self):
+        return Path(self.modeldir or f"model_v{self.resnet_version}")
+
+    @classmethod
+    def from_parameters(cls, names, namespace):
+        """Config from the variables `names` in `namespace` (a notebook's parameters, papermill's injected
+        ones included); an unknown name is an error rather than papermill's warning."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(names) - fields)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; known: {sorted(fields)}")
+        return cls(**{name: namespace[name] for name in names})
+
+
+# A recipe chosen by measurement for the 2-core CPU (reports/README.md): ResNet-20 to about 91% in 30 minutes.
+FAST_RECIPE = dict(epochs=30, batch_size=256, learning_rate=0.4, nesterov=True, weight_decay=5e-4,
+                   lr_schedule="cosine", warmup_epochs=2, label_smoothing=0.1, tta=True, valid_size=0)
+
+
+def get_lr(progress, config):
+    """Learning rate at `progress` epochs into the run (fractional: epoch e, step s of n is e + s / n)."""
+    if progress < config.warmup_epochs:
+        return config.learning_rate * progress / config.warmup_epochs
+    if config.lr_schedule == "cosine":
+        t = (progress - config.warmup_epochs) / (config.epochs - config.warmup_epochs)
+        return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return config.learning_rate * 0.1 ** sum(progress >= m for m in config.lr_milestones)
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum, path):
+        self.signum, self.path = signum, path
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. "
+                         "Run the same command with --resume to continue.")
+
+
+class _StopRequests:
+    """The first SIGINT/SIGTERM asks the loop to stop after the current step; a second one stops at once."""
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _write_metrics(path, rows):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _prepare_modeldir(config, rank):
+    """Refuse, before any work, a modeldir that cannot be written or that holds another run's checkpoints."""
+    modeldir = config.checkpoint_dir
+    if rank != 0:
+        return modeldir
+    try:
+        modeldir.mkdir(parents=True, exist_ok=True)
+        probe = modeldir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"modeldir {modeldir} is not writable ({e.strerror}); choose another --modeldir") from None
+    existing = list_checkpoints(modeldir)
+    if existing and not config.resume:
+        raise FileExistsError(f"{modeldir} already holds checkpoints ({existing[-1].name} is the newest); pass --resume "
+                              "to continue that run, or choose a new --modeldir. Nothing was overwritten.")
+    return modeldir
+
+
+def _distributed():
+    """(rank, world_size), initialising the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(config):
+    """Train a ResNet as `config` says -> (model, metrics rows). See the module docstring."""
+    rank, world = _distributed()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must divide evenly over {world} processes")
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    dtype = resolve_dtype(config.dtype, device)
+    modeldir = _prepare_modeldir(config, rank)
+    lock = ModeldirLock(modeldir) if rank == 0 else None
+    if lock:
+        lock.__enter__()
+    try:
+        return _train(config, rank, world, device, dtype, modeldir)
+    finally:
+        if lock:
+            lock.__exit__()
+
+
+def _train(config, rank, world, device, dtype, modeldir):
+    main = rank == 0
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if main:
+        download(config.data_dir)
+    if world > 1:
+        dist.barrier()
+    x_train, y_train, _, _ = load_data(config.data_dir)
+    x_train, y_train, x_valid, y_valid = train_valid_split(x_train, y_train, config.valid_size, config.seed)
+    if config.train_subset:
+        x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
+    mean, std = channel_stats(x_train)
+    per_process_batch = config.batch_size // world
+    loader = Loader(x_train, y_train, per_process_batch, mean, std, device, training=True,
+                    seed=config.seed, rank=rank, world_size=world)
+    if len(loader) == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training images")
+
+    model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    metrics, start_epoch, start_step, partial = [], 0, 0, {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    if config.resume:
+        path, checkpoint = latest_checkpoint(modeldir)
+        if checkpoint is not None:
+            check_architecture(checkpoint, config, path)
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
+            metrics, partial = checkpoint["metrics"], checkpoint["partial"]
+            _set_rng_state(checkpoint["rng"])
+            if main:
+                print(f"Resuming from {path} (epoch {start_epoch}, step {start_step})")
+    if main:
+        _write_metrics(modeldir / "metrics.csv", metrics)  # drops rows newer than the checkpoint
+
+    network = model
+    if world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        network = torch.compile(network)
+
+    def state(epoch, step):
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "config": dataclasses.asdict(config), "metrics": metrics, "partial": partial,
+                "mean": mean.tolist(), "std": std.tolist(), "rng": _rng_state()}
+
+    steps = len(loader)
+    with _StopRequests() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            network.train()
+            started = time.perf_counter()
+            bar = tqdm(loader.batches(epoch, start_step), total=steps, initial=start_step, disable=not main,
+                       desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for step, images, labels in bar:
+                lr = get_lr(epoch + step / steps, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast(device, dtype):
+                    logits = network(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                if not torch.isfinite(loss):
+                    if config.on_nan == "stop":
+                        last = list_checkpoints(modeldir)
+                        raise FloatingPointError(
+                            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped. The last good "
+                            f"checkpoint is {last[-1] if last else 'none (none was written yet)'}; lower --learning_rate, "
+                            "or pass --on_nan skip to skip such batches.")
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
+                partial["seen"] += len(labels)
+                if stop.signum is not None:
+                    partial["loss"] += loss_sum.item()
+                    partial["correct"] += correct.item()
+                    partial["seconds"] += time.perf_counter() - started
+                    path = None
+                    if main:
+                        path = checkpoint_path(modeldir, epoch + 1, step + 1)
+                        save_checkpoint(state(epoch, step + 1), path)
+                    raise Interrupted(stop.signum, path)
+            bar.close()
+            start_step = 0
+            seen = partial["seen"] * world
+            train_loss = _all_sum(partial["loss"] + loss_sum.item(), world) / seen
+            train_acc = _all_sum(partial["correct"] + correct.item(), world) / seen
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
+                   "valid_loss": float("nan"), "valid_acc": float("nan")}
+            if main and len(x_valid):
+                result = evaluate(model, x_valid, y_valid, mean, std, device=device, dtype=dtype, tta=config.tta)
+                row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
+            row["seconds"] = partial["seconds"] + time.perf_counter() - started
+            partial = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            metrics.append(row)
+            if main:
+                with open(modeldir / "metrics.csv", "a", newline="") as f:
+                    csv.DictWriter(f, METRICS).writerow(row)
+                print(f"Epoch {epoch + 1} Loss {train_loss:.4f} Duration {row['seconds']:.3f} seconds.", flush=True)
+                if (epoch + 1) % config.save_interval == 0 or epoch + 1 == config.epochs:
+                    save_checkpoint(state(epoch + 1, 0), checkpoint_path(modeldir, epoch + 1))
+    return model, metrics
+
+
+def _all_sum(value, world):
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def _rng_state():
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                      *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from hw2.augment import Loader, augment_batch, channel_stats, normalize, parse_record, step_generator
+
+MEAN, STD = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
+
+
+def test_parse_record_without_training_only_normalises():
+    record = np.random.default_rng(0).integers(0, 256, 3072).astype(np.uint8)
+    out = parse_record(record, training=False, rng=None, mean=MEAN, std=STD)
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32
+    expected = (record.reshape(3, 32, 32) - np.array(MEAN).reshape(3, 1, 1)) / np.array(STD).reshape(3, 1, 1)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def _identify(image, original):
+    """Which (dy, dx, flip) of the zero-padded original gives this 32x32 image."""
+    padded = np.pad(original, ((0, 0), (4, 4), (4, 4)))
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[:, dy:dy + 32, dx:dx + 32]
+            for flip in (False, True):
+                if np.array_equal(crop[:, :, ::-1] if flip else crop, image):
+                    return dy, dx, flip
+    raise AssertionError("not a pad-crop-flip of the original")
+
+
+def test_batched_augmentation_matches_parse_record_distribution():
+    """Both draw each of the 9 x 9 crops and the flip uniformly and independently; every batched
+    output is exactly a pad-crop-flip of its input, as parse_record's are."""
+    original = (np.arange(3072) % 251 + 1).astype(np.uint8).reshape(3, 32, 32)  # no zero pixels: crops are distinct
+    n = 4000
+    rng = np.random.default_rng(0)
+    one_by_one = [_identify(parse_record(original.ravel(), True, rng, [0, 0, 0], [1, 1, 1]).astype(np.uint8), original)
+                  for _ in range(n)]
+    batch = torch.from_numpy(np.repeat(original[None], n, axis=0))
+    out = augment_batch(batch, step_generator(0, 1, 2)).numpy()
+    batched = [_identify(image, original) for image in out]
+    for draws in (one_by_one, batched):
+        dy, dx, flip = map(np.array, zip(*draws))
+        for values, k in ((dy, 9), (dx, 9)):
+            counts = np.bincount(values, minlength=k)
+            assert np.all(np.abs(counts - n / k) < 5 * np.sqrt(n / k)), counts  # 5 sigma
+        assert abs(flip.mean() - 0.5) < 5 * np.sqrt(0.25 / n)
+        assert abs(np.corrcoef(dy, flip)[0, 1]) < 0.1 and abs(np.corrcoef(dx, dy)[0, 1]) < 0.1
+
+
+def test_augment_batch_is_channels_last_and_a_pure_function_of_the_generator_seed():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    a = augment_batch(images, step_generator(0, 3, 4))
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, augment_batch(images, step_generator(0, 3, 4)))
+    assert not torch.equal(a, augment_batch(images, step_generator(0, 3, 5)))
+
+
+def test_channel_stats_and_normalize():
+    x = np.random.default_rng(0).integers(0, 256, (50, 3072)).astype(np.uint8)
+    mean, std = channel_stats(x)
+    planes = x.reshape(50, 3, 1024).transpose(1, 0, 2).reshape(3, -1)
+    np.testing.assert_allclose(mean, planes.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(std, planes.std(1), rtol=1e-5)
+    out = normalize(torch.from_numpy(x).view(50, 3, 32, 32), mean, std)
+    np.testing.assert_allclose(out.mean((0, 2, 3)).numpy(), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std((0, 2, 3)).numpy(), 1, atol=1e-2)
+
+
+def test_training_loader_covers_distinct_images_and_drops_the_last_partial_batch():
+    x = np.repeat(np.arange(100, dtype=np.uint8)[:, None], 3072, 1)  # image i is all i
+    y = np.arange(100)
+    loader = Loader(x, y, 32, [0, 0, 0], [1, 1, 1], "cpu", training=True, seed=0)
+    assert len(loader) == 3
+    seen = []
+    for _, images, labels in loader.batches(epoch=0):
+        centre = images[:, 0, 16, 16].long()  # a padded crop keeps the centre pixel
+        assert torch.equal(centre, labels)
+        seen += labels.tolist()
+    assert len(seen) == 96 and len(set(seen)) == 96
+    other = [labels.tolist() for _, _, labels in loader.batches(epoch=1)]
+    assert sum(other, []) != seen, "a fresh order each epoch"
+
+
+def test_resuming_a_loader_mid_epoch_gives_the_same_batches():
+    x = np.random.default_rng(0).integers(0, 256, (64, 3072)).astype(np.uint8)
+    loader = Loader(x, np.arange(64) % 10, 16, MEAN, STD, "cpu", training=True, seed=5)
+    full = list(loader.batches(epoch=2))
+    tail = list(loader.batches(epoch=2, start_step=2))
+    assert [s for s, _, _ in tail] == [2, 3]
+    for (_, a, la), (_, b, lb) in zip(full[2:], tail):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_data_parallel_shards_are_disjoint():
+    x = np.zeros((64, 3072), np.uint8)
+    shards = []
+    for rank in range(2):
+        loader = Loader(x, np.arange(64), 8, MEAN, STD, "cpu", training=True, seed=0, rank=rank, world_size=2)
+        assert len(loader) == 4
+        shards.append({int(l) for _, _, labels in loader.batches(0) for l in labels})
+    assert len(shards[0]) == len(shards[1]) == 32 and not shards[0] & shards[1]
+
+
+def test_evaluation_loader_keeps_order_and_the_last_partial_batch():
+    x = np.zeros((10, 3072), np.uint8)
+    loader = Loader(x, np.arange(10), 4, MEAN, STD, "cpu", training=False)
+    assert [labels.tolist() for _, _, labels in loader.batches()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -1,0 +1,146 @@
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from hw2.data import (BATCH_DIR, CIFAR10_MD5, CIFAR10_URL, DataError, download, load_data, read_batch,
+                      train_valid_split)
+from conftest import make_archive, py2_pickle, synthetic_batch, tar_with
+
+
+def test_official_constants():
+    assert CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+
+
+def test_download_fetches_checks_and_extracts_once(tmp_path, http_server, cifar_dir):
+    url, www, requests = http_server
+    _, md5 = make_archive(www / "cifar.tar.gz", cifar_dir)
+    folder = download(tmp_path / "data", url=f"{url}/cifar.tar.gz", md5=md5)
+    assert folder == tmp_path / "data" / BATCH_DIR
+    x_train, y_train, x_test, y_test = load_data(tmp_path / "data")
+    assert x_train.shape == (200, 3072) and x_test.shape == (40, 3072)
+    assert x_train.dtype == np.uint8 and y_train.dtype == np.int64
+    assert len(requests) == 1
+    download(tmp_path / "data", url=f"{url}/cifar.tar.gz", md5=md5)
+    assert len(requests) == 1, "data already there: nothing is fetched again"
+
+
+def test_wrong_md5_extracts_nothing_and_keeps_good_files(tmp_path, http_server, cifar_dir):
+    url, www, _ = http_server
+    make_archive(www / "cifar.tar.gz", cifar_dir)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="MD5"):
+        download(data, url=f"{url}/cifar.tar.gz", md5="0" * 32)
+    assert not (data / BATCH_DIR).exists()
+    assert (data / "notes.txt").read_text() == "mine"
+
+
+def test_truncated_archive_is_a_clear_error(tmp_path, cifar_dir):
+    archive, _ = make_archive(tmp_path / "full.tar.gz", cifar_dir)
+    data = tmp_path / "data"
+    data.mkdir()
+    truncated = data / "cifar-10-python.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[:5000])
+    md5 = __import__("hashlib").md5(truncated.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        download(data, url="http://127.0.0.1:9/unused", md5=md5)
+    assert not (data / BATCH_DIR).exists()
+
+
+@pytest.mark.parametrize("name,kind", [("/tmp/evil", tarfile.REGTYPE), ("cifar-10-batches-py/../../evil", tarfile.REGTYPE),
+                                       ("cifar-10-batches-py/link", tarfile.SYMTYPE)])
+def test_unsafe_archive_members_are_refused(tmp_path, name, kind):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    payload = None
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "/etc/passwd"
+    else:
+        payload = b"x"
+        info.size = 1
+    data = tmp_path / "a" / "b" / "data"
+    data.mkdir(parents=True)
+    _, md5 = tar_with(data / "cifar-10-python.tar.gz", [(info, payload)])
+    with pytest.raises(DataError, match="refusing"):
+        download(data, md5=md5)
+    assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "evil").exists()
+    assert not (data / BATCH_DIR).exists()
+
+
+def test_no_network_names_the_download_command_and_the_archive_place(tmp_path):
+    with pytest.raises(DataError) as e:
+        download(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+    assert "python -m hw2 download" in str(e.value)
+    assert str(tmp_path / "cifar-10-python.tar.gz") in str(e.value)
+    assert not list(tmp_path.iterdir()), "no partial download is left behind"
+
+
+def test_manually_placed_archive_is_used(tmp_path, cifar_dir):
+    _, md5 = make_archive(tmp_path / "cifar-10-python.tar.gz", cifar_dir)
+    download(tmp_path, url="http://127.0.0.1:9/unreachable", md5=md5)
+    assert load_data(tmp_path)[0].shape == (200, 3072)
+
+
+def _write(path, obj):
+    path.write_bytes(py2_pickle(obj))
+
+
+@pytest.mark.parametrize("batch,message", [
+    ({b"labels": [0]}, "expected keys"),
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"uint8 array \[N, 3072\]"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, "labels must be in 0-9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "expected 2 integer labels"),
+])
+def test_batches_that_are_not_cifar10_name_the_file(tmp_path, batch, message):
+    _write(tmp_path / "data_batch_1", batch)
+    with pytest.raises(DataError, match=message) as e:
+        read_batch(tmp_path / "data_batch_1")
+    assert "data_batch_1" in str(e.value)
+
+
+def test_crafted_pickle_does_not_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    _write(tmp_path / "data_batch_1", {b"data": Exploit(), b"labels": []})
+    with pytest.raises(DataError, match="data_batch_1.*not allowed"):
+        read_batch(tmp_path / "data_batch_1")
+    assert not marker.exists()
+
+
+def test_reads_python2_style_pickles(tmp_path):
+    """The official files are Python 2 cPickles: byte-string keys, numpy.core.multiarray globals."""
+    batch = synthetic_batch(5, 0)
+    raw = py2_pickle(batch)
+    assert b"numpy.core.multiarray" in raw and b"_codecs" not in raw
+    (tmp_path / "b").write_bytes(raw)
+    x, y = read_batch(tmp_path / "b")
+    assert np.array_equal(x, batch[b"data"]) and y.tolist() == batch[b"labels"]
+
+
+def test_real_cifar10_shapes_and_classes(real_data_dir):
+    x_train, y_train, x_test, y_test = load_data(real_data_dir)
+    assert x_train.shape == (50000, 3072) and y_train.shape == (50000,)
+    assert x_test.shape == (10000, 3072) and y_test.shape == (10000,)
+    assert x_train.dtype == np.uint8 and y_train.dtype == np.int64
+    assert np.bincount(y_train).tolist() == [5000] * 10
+    assert np.bincount(y_test).tolist() == [1000] * 10
+
+
+def test_split_is_shuffled_seeded_and_disjoint():
+    x = np.arange(1000).reshape(1000, 1)
+    y = np.arange(1000) % 10
+    xt, yt, xv, yv = train_valid_split(x, y, valid_size=100, seed=0)
+    assert len(xt) == 900 and len(xv) == 100
+    assert sorted(np.concatenate([xt, xv]).ravel().tolist()) == list(range(1000))
+    assert xv.ravel().tolist() != list(range(900, 1000)), "not the unshuffled last 5,000"
+    assert np.array_equal(train_valid_split(x, y, 100, seed=0)[2], xv)
+    assert not np.array_equal(train_valid_split(x, y, 100, seed=1)[2], xv)
+    assert np.array_equal(yv, xv.ravel() % 10), "labels follow their images"
