@@ -271,6 +271,7 @@ def _train(config, rank, world, device, dtype, modeldir):
                        desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
+            skipped = 0
             for step, images, labels in bar:
                 lr = get_lr(epoch + step / steps, config)
                 for group in optimizer.param_groups:
@@ -285,7 +286,7 @@ def _train(config, rank, world, device, dtype, modeldir):
                             f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped. The last good "
                             f"checkpoint is {last[-1] if last else 'none (none was written yet)'}; lower --learning_rate, "
                             "or pass --on_nan skip to skip such batches.")
-                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -304,8 +305,10 @@ def _train(config, rank, world, device, dtype, modeldir):
                     raise Interrupted(stop.signum, path)
             bar.close()
             start_step = 0
-            seen = partial["seen"] * world
-            train_loss = _all_sum(partial["loss"] + loss_sum.item(), world) / seen
+            if skipped and main:
+                print(f"warning: skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite", flush=True)
+            seen = max(partial["seen"] * world, 1)
+            train_loss = _all_sum(partial["loss"] + loss_sum.item(), world) / seen if partial["seen"] else float("nan")
             train_acc = _all_sum(partial["correct"] + correct.item(), world) / seen
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
                    "valid_loss": float("nan"), "valid_acc": float("nan")}

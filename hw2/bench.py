@@ -1,0 +1,264 @@
+"""Benchmark: hw2's training and evaluation against a plain reference written the assignment's way,
+interleaved in one run, as one JSON object on stdout.
+
+    python -m hw2.bench                                   # ResNet-20 (version 1), batch 128
+    python -m hw2.bench --resnet_version 2 --resnet_size 3
+
+Images per second, medians over --windows timed windows after --warmup ones, each window running in turn:
+  hw2 train      the training loop end to end: Loader (uint8 on the device, batched augmentation),
+                 autocast forward, loss, backward, SGD step
+  hw2 step       the same step alone on one ready batch
+  hw2 eval       hw2.evaluate.evaluate on --eval_images test images
+  reference      the same three done plainly: a per-image numpy parse_record loop, float32 NCHW, and
+                 evaluation one image at a time
+FLOP rates are model FLOPs (forward counted once with FlopCounterMode; a training step as 3x forward)
+beside the best large-matmul rates measured in the same run. The data is real CIFAR-10 when --data_dir
+holds it, else random uint8 images of the same shape (the "data" field says which).
+"""
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from hw2.augment import Loader, channel_stats, parse_record
+from hw2.data import BATCH_DIR, load_data
+from hw2.evaluate import evaluate
+from hw2.models import ResNet
+from hw2.runtime import autocast, resolve_device, resolve_dtype
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(run, images, device):
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def train_step(model, optimizer, images, labels, device, dtype):
+    """One step as hw2.train's loop takes it: autocast forward, float32 loss, and the SGD step unless the
+    loss is not finite (the check costs the same host sync as train's)."""
+    with autocast(device, dtype):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+        optimizer.step()
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def hw2_batches(loader):
+    """Loader's training batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        for _, images, labels in loader.batches(epoch):
+            yield images, labels
+        epoch += 1
+
+
+def reference_batches(x, y, batch_size, mean, std, rng):
+    """The assignment's way: a shuffled order, each image through parse_record in a Python loop."""
+    while True:
+        order = rng.permutation(len(x))
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            images = np.stack([parse_record(x[i], True, rng, mean, std) for i in index])
+            yield torch.from_numpy(images), torch.from_numpy(y[index])
+
+
+@torch.no_grad()
+def reference_evaluate(model, x, y, mean, std, device):
+    """Accuracy, one image at a time."""
+    model.eval()
+    correct = 0
+    for record, label in zip(x, y):
+        image = torch.from_numpy(parse_record(record, False, None, mean, std))[None].to(device)
+        correct += int(model(image).argmax(1).item() == label)
+    model.train()
+    return correct / len(x)
+
+
+def forward_flops(resnet_version, resnet_size):
+    """FLOPs of one image's forward pass (convolutions and the linear layer; 2 per multiply-add)."""
+    model = ResNet(resnet_version, resnet_size).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 32, 32))
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device, dtype, seconds=0.2, largest=8192):
+    """GFLOP/s of n x n matmuls, n doubled from 256 until three take `seconds` (or n reaches largest)
+    -> (n, rate)."""
+    n = 256
+    while True:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        sync(device)
+        elapsed = (time.perf_counter() - start) / 3
+        if 3 * elapsed >= seconds or n >= largest:
+            return n, 2 * n ** 3 / elapsed / 1e9
+        n *= 2
+
+
+def processor_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.machine()
+
+
+def peak_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
+
+
+def load(data_dir, seed):
+    """(x_train, y_train, x_test, y_test, description): real CIFAR-10 if data_dir holds it, else random."""
+    if (Path(data_dir) / BATCH_DIR).is_dir():
+        return (*load_data(data_dir), f"CIFAR-10 from {data_dir}")
+    rng = np.random.default_rng(seed)
+    x_train, x_test = (rng.integers(0, 256, (n, 3072), dtype=np.uint8) for n in (50000, 10000))
+    y_train, y_test = (rng.integers(0, 10, n) for n in (50000, 10000))
+    return x_train, y_train, x_test, y_test, "random uint8 images (no CIFAR-10 in --data_dir)"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hw2.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--resnet_version", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--resnet_size", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                        help="hw2's precision (auto: bfloat16 where the device runs it fast); the reference is float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile hw2's training network")
+    parser.add_argument("--steps", type=int, default=4, help="training steps in each timed window")
+    parser.add_argument("--eval_images", type=int, default=2000, help="images hw2 evaluates in each window")
+    parser.add_argument("--ref_eval_images", type=int, default=256, help="images the reference evaluates in each window")
+    parser.add_argument("--windows", type=int, default=7, help="timed windows (medians are taken over them)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed windows first")
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("resnet_size", "batch_size", "steps", "eval_images", "ref_eval_images", "windows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        parser.error(f"--device {args.device}: {e}")
+    dtype = resolve_dtype(args.dtype, device)
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test, data = load(args.data_dir, args.seed)
+    mean, std = channel_stats(x_train)
+    x_eval, y_eval = x_test[:args.eval_images], y_test[:args.eval_images]
+    x_ref_eval, y_ref_eval = x_test[:args.ref_eval_images], y_test[:args.ref_eval_images]
+    steps, batch = args.steps, args.batch_size
+
+    model = ResNet(args.resnet_version, args.resnet_size).to(device, memory_format=torch.channels_last)
+    network = torch.compile(model) if args.compile else model
+    optimizer = sgd(model)
+    batches = hw2_batches(Loader(x_train, y_train, batch, mean, std, device, training=True, seed=args.seed))
+    ready = next(batches)
+
+    reference = ResNet(args.resnet_version, args.resnet_size).to(device)
+    ref_optimizer = sgd(reference)
+    ref_batches = reference_batches(x_train, y_train, batch, mean, std, np.random.default_rng(args.seed))
+    ref_ready = [t.to(device) for t in next(ref_batches)]
+
+    def hw2_train():
+        for _ in range(steps):
+            train_step(network, optimizer, *next(batches), device, dtype)
+
+    def hw2_step():
+        for _ in range(steps):
+            train_step(network, optimizer, *ready, device, dtype)
+
+    def ref_train():
+        for _ in range(steps):
+            images, labels = next(ref_batches)
+            train_step(reference, ref_optimizer, images.to(device), labels.to(device), device, torch.float32)
+
+    def ref_step():
+        for _ in range(steps):
+            train_step(reference, ref_optimizer, *ref_ready, device, torch.float32)
+
+    runs = {  # (program, task): (one window, images in it), in the order the windows interleave
+        ("hw2", "train"): (hw2_train, steps * batch),
+        ("reference", "train"): (ref_train, steps * batch),
+        ("hw2", "step"): (hw2_step, steps * batch),
+        ("reference", "step"): (ref_step, steps * batch),
+        ("hw2", "eval"): (lambda: evaluate(model, x_eval, y_eval, mean, std, device=device, dtype=dtype), len(x_eval)),
+        ("reference", "eval"): (lambda: reference_evaluate(reference, x_ref_eval, y_ref_eval, mean, std, device),
+                                len(x_ref_eval)),
+    }
+    windows = {key: [] for key in runs}
+    for window in range(args.warmup + args.windows):
+        for key, (run, images) in runs.items():
+            rate = images_per_second(run, images, device)
+            if window >= args.warmup:
+                windows[key].append(rate)
+
+    median = {program: {task: statistics.median(windows[program, task]) for task in ("train", "step", "eval")}
+              for program in ("hw2", "reference")}
+    flops = forward_flops(args.resnet_version, args.resnet_size)
+    matmul = {str(t).removeprefix("torch."): matmul_gflops(device, t) for t in (torch.bfloat16, torch.float32)}
+    result = {
+        "model": f"ResNet-{model.depth} (version {args.resnet_version}, resnet_size {args.resnet_size})",
+        "batch_size": batch,
+        "device": str(device),
+        "processor": processor_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "reference_dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "data": data,
+        "compile": args.compile,
+        "steps_per_window": steps, "eval_images": len(x_eval), "ref_eval_images": len(x_ref_eval),
+        "warmup_windows": args.warmup, "windows": args.windows,
+        "img_per_s": median,
+        "img_per_s_windows": {program: {task: [round(r, 1) for r in windows[program, task]]
+                                        for task in ("train", "step", "eval")} for program in ("hw2", "reference")},
+        "ratios": {
+            "hw2_train_end_to_end_over_step": median["hw2"]["train"] / median["hw2"]["step"],
+            "train_hw2_over_reference": median["hw2"]["train"] / median["reference"]["train"],
+            "eval_hw2_over_reference": median["hw2"]["eval"] / median["reference"]["eval"],
+        },
+        "mflop_per_image": {"forward": flops / 1e6, "train_step": 3 * flops / 1e6},
+        "gflop_per_s": {
+            "hw2_train": median["hw2"]["train"] * 3 * flops / 1e9,
+            "hw2_eval": median["hw2"]["eval"] * flops / 1e9,
+            **{f"matmul_{name}": rate for name, (_, rate) in matmul.items()},
+        },
+        "matmul_size": {name: n for name, (n, _) in matmul.items()},
+        "peak_memory_mib": peak_memory_mib(device),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

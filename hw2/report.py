@@ -1,0 +1,235 @@
+"""What the notebooks show: text tables, figures, and the checkpoint test loop.
+
+Figures are matplotlib `Figure` objects made without pyplot, so nothing is drawn or kept behind the
+caller's back: a notebook shows one by leaving it as a cell's value, anyone can `fig.savefig(path)`.
+"""
+import csv
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from hw2.augment import PAD, SIZE, parse_record
+from hw2.checkpoint import checkpoint_path, list_checkpoints
+from hw2.data import CLASSES
+from hw2.evaluate import evaluate, restore
+from hw2.models import ResNet, count_parameters
+from hw2.train import METRICS
+
+# The CIFAR-10 networks He et al. report, by (resnet_version, resnet_size): name and published parameter
+# count ("Deep Residual Learning", Table 6; "Identity Mappings", Table 3).
+PAPER_NETWORKS = {
+    (1, 3): ("ResNet-20", "0.27M"),
+    (1, 5): ("ResNet-32", "0.46M"),
+    (1, 7): ("ResNet-44", "0.66M"),
+    (1, 9): ("ResNet-56", "0.85M"),
+    (1, 18): ("ResNet-110", "1.7M"),
+    (2, 18): ("ResNet-164 (pre-activation)", "1.7M"),
+}
+
+
+def parameter_names(before, namespace):
+    """Names a notebook assigned since `before = set(globals())`, leaving out IPython's own (_, _i3, ...)."""
+    return {name for name in namespace.keys() - before if not name.startswith("_")}
+
+
+def format_table(header, rows):
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def to_images(x):
+    """uint8 [N, 3072] (R, G and B planes) -> [N, 32, 32, 3], the layout imshow takes."""
+    return x.reshape(-1, 3, SIZE, SIZE).transpose(0, 2, 3, 1)
+
+
+def class_count_table(splits, classes=CLASSES):
+    """{split name: labels} -> table of the images per class in each split, with the totals."""
+    counts = {name: np.bincount(y, minlength=len(classes)) for name, y in splits.items()}
+    rows = [[name, *(counts[s][c] for s in splits)] for c, name in enumerate(classes)]
+    rows.append(["total", *(counts[s].sum() for s in splits)])
+    return format_table(["class", *splits], rows)
+
+
+def _show(ax, image, title=None):
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def sample_grid(x, y, per_class=8, classes=CLASSES, seed=0):
+    """Figure: one row per class of `per_class` images drawn at random from it."""
+    rng = np.random.default_rng(seed)
+    fig = Figure(figsize=(per_class, len(classes) * 1.05), layout="constrained")
+    for c, row in enumerate(fig.subplots(len(classes), per_class, squeeze=False)):
+        chosen = rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+        for ax, image in zip(row, to_images(x[chosen])):
+            _show(ax, image)
+        row[0].set_ylabel(classes[c], rotation=0, ha="right", va="center")
+    return fig
+
+
+class _FixedDraws:
+    """Stands in for parse_record's random generator, so that it crops at (dy, dx) and flips as told."""
+
+    def __init__(self, dy, dx, flip):
+        self.offsets, self.flip = np.array([dy, dx]), flip
+
+    def integers(self, low, high, size):
+        return self.offsets
+
+    def random(self):
+        return 0.0 if self.flip else 1.0
+
+
+def augmentation_steps(record, dy, dx):
+    """One image [3072] through the training augmentation -> original, padded, cropped at (dy, dx) and
+    cropped then flipped, each uint8 [H, W, 3]. The crop and flip are parse_record's own."""
+    image = record.reshape(3, SIZE, SIZE)
+    padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
+    cropped = parse_record(record, True, _FixedDraws(dy, dx, False), mean=[0, 0, 0], std=[1, 1, 1])
+    flipped = parse_record(record, True, _FixedDraws(dy, dx, True), mean=[0, 0, 0], std=[1, 1, 1])
+    return [step.astype(np.uint8).transpose(1, 2, 0) for step in (image, padded, cropped, flipped)]
+
+
+def augmentation_figure(x, count=4, seed=0):
+    """Figure: `count` random images, each as original, padded by 4, randomly cropped, flipped."""
+    rng = np.random.default_rng(seed)
+    fig = Figure(figsize=(6, 1.6 * count), layout="constrained")
+    for row, i in zip(fig.subplots(count, 4, squeeze=False), rng.choice(len(x), count, replace=False)):
+        dy, dx = rng.integers(0, 2 * PAD + 1, size=2)
+        titles = ["original", f"padded by {PAD}", f"cropped at ({dy}, {dx})", "flipped"]
+        for ax, step, title in zip(row, augmentation_steps(x[i], dy, dx), titles):
+            _show(ax, step, title)
+    return fig
+
+
+# --- architecture -------------------------------------------------------------------------------------
+
+def parameter_table(first_num_filters=16):
+    """Parameter count and depth of the networks He et al. report on CIFAR-10, beside the papers' counts."""
+    rows = []
+    for (version, size), (name, paper) in PAPER_NETWORKS.items():
+        model = ResNet(version, size, first_num_filters=first_num_filters)
+        count = count_parameters(model)
+        rows.append([name, version, size, model.depth, f"{count:,}", f"{count / 1e6:.2f}M", paper])
+    return format_table(["network", "version", "n", "depth", "parameters", "ours", "paper"], rows)
+
+
+@torch.no_grad()
+def stage_shapes(model):
+    """[(stage, output shape)] of the start layer, each stack and the output layer for one 32x32 image."""
+    stages = [("start layer", model.start_layer)]
+    stages += [(f"stack {i + 1}", stack) for i, stack in enumerate(model.stack_layers)]
+    stages += [("output layer", model.output_layer)]
+    shapes = []
+    hooks = [module.register_forward_hook(lambda m, inputs, out, name=name: shapes.append((name, tuple(out.shape))))
+             for name, module in stages]
+    was_training = model.training
+    model.eval()  # leave the BatchNorm running statistics alone
+    model(torch.zeros(1, 3, SIZE, SIZE))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+def read_metrics(path):
+    """modeldir/metrics.csv -> {column: float array}, one entry per epoch."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {name: np.array([float(row[name]) for row in rows]) for name in METRICS}
+
+
+def training_curves(metrics):
+    """Figure: loss, accuracy and learning rate against epoch (validation absent when valid_size was 0)."""
+    fig = Figure(figsize=(12, 3.5), layout="constrained")
+    loss, accuracy, lr = fig.subplots(1, 3)
+    epoch = metrics["epoch"]
+    for ax, name in ((loss, "loss"), (accuracy, "acc")):
+        ax.plot(epoch, metrics[f"train_{name}"], ".-", label="train")
+        ax.plot(epoch, metrics[f"valid_{name}"], ".-", label="validation")
+        ax.legend()
+    lr.plot(epoch, metrics["lr"], ".-")
+    for ax, title in ((loss, "cross-entropy loss"), (accuracy, "accuracy"), (lr, "learning rate at epoch end")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+def checkpoints_to_test(modeldir, epochs=()):
+    """modeldir/model-{epoch}.ckpt for each of `epochs`, or the newest checkpoint when epochs is empty."""
+    if epochs:
+        return [checkpoint_path(modeldir, epoch) for epoch in epochs]
+    newest = list_checkpoints(modeldir)[-1:]
+    if not newest:
+        raise FileNotFoundError(f"no checkpoints in {modeldir}: train first (03_train.ipynb), or set modeldir")
+    return newest
+
+
+def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=False):
+    """Restore and evaluate each checkpoint on (x, y), printing as `python -m hw2 test` does
+    -> list of evaluate() results."""
+    results = []
+    for path in paths:
+        model, checkpoint = restore(path, device)
+        print(f"Restored model parameters from {path}")
+        result = evaluate(model, x, y, checkpoint["mean"], checkpoint["std"],
+                          device=next(model.parameters()).device, dtype=dtype, tta=tta)
+        print(f"Test accuracy: {result['accuracy']:.4f}")
+        results.append(result)
+    return results
+
+
+def per_class_table(result, classes=CLASSES):
+    """Test images, correct predictions and accuracy per class, from an evaluate() result."""
+    confusion = result["confusion"]
+    rows = [[name, int(confusion[c].sum()), int(confusion[c, c]), f"{result['per_class_accuracy'][c]:.4f}"]
+            for c, name in enumerate(classes[:len(confusion)])]
+    return format_table(["class", "images", "correct", "accuracy"], rows)
+
+
+def confusion_figure(confusion, classes=CLASSES):
+    """Figure: the confusion matrix (rows: true class, columns: predicted), counts written in."""
+    confusion = np.asarray(confusion)
+    classes = classes[:len(confusion)]
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    shown = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(shown, ax=ax)
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, count, ha="center", va="center", fontsize=7,
+                color="white" if count > confusion.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return fig
+
+
+def misclassified_figure(x, y, predicted, classes=CLASSES, count=24, columns=8):
+    """Figure: the first `count` misclassified images, titled with true and predicted class."""
+    wrong = np.flatnonzero(np.asarray(predicted) != np.asarray(y))[:count]
+    rows = max(1, -(-len(wrong) // columns))
+    fig = Figure(figsize=(columns * 1.2, rows * 1.5), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, i in zip(axes, wrong):
+        _show(ax, to_images(x[i:i + 1])[0], f"true {classes[y[i]]}\npred {classes[predicted[i]]}")
+        ax.set_axis_on()
+    return fig

@@ -1,0 +1,136 @@
+import csv
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from hw2 import report
+from hw2.checkpoint import save_checkpoint
+from hw2.evaluate import evaluate
+from hw2.models import ResNet, count_parameters
+from hw2.train import METRICS, Config
+
+matplotlib.use("Agg")
+
+
+def test_parameter_names_are_the_notebooks_new_names_without_ipythons():
+    before = {"os", "_i1"}
+    namespace = dict.fromkeys(["os", "_i1", "_i2", "_", "_before", "epochs", "resnet_size"])
+    assert report.parameter_names(before, namespace) == {"epochs", "resnet_size"}
+
+
+def test_format_table_aligns_columns():
+    lines = report.format_table(["class", "n"], [["cat", 5], ["airplane", 100]]).splitlines()
+    assert lines == ["class       n", "--------  ---", "cat         5", "airplane  100"]
+
+
+def test_class_count_table_counts_each_split():
+    table = report.class_count_table({"train": np.array([0, 0, 1]), "test": np.array([1, 2])}, ["a", "b", "c"])
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert rows == [["a", "2", "0"], ["b", "1", "1"], ["c", "0", "1"], ["total", "3", "2"]]
+
+
+def test_to_images_puts_the_colour_planes_last():
+    x = np.zeros((2, 3072), np.uint8)
+    x[1, 1024 + 5] = 7  # green plane, row 0, column 5
+    images = report.to_images(x)
+    assert images.shape == (2, 32, 32, 3) and images[1, 0, 5, 1] == 7 and images.sum() == 7
+
+
+def test_augmentation_steps_pad_crop_and_flip():
+    record = np.random.default_rng(0).integers(1, 256, 3072).astype(np.uint8)
+    original, padded, cropped, flipped = report.augmentation_steps(record, 4, 4)
+    assert padded.shape == (40, 40, 3) and padded[:4].max() == 0 and padded[:, -4:].max() == 0
+    np.testing.assert_array_equal(cropped, original)  # the centre crop undoes the padding
+    np.testing.assert_array_equal(flipped, original[:, ::-1])
+    _, padded, corner, _ = report.augmentation_steps(record, 0, 8)
+    np.testing.assert_array_equal(corner, padded[:32, 8:])
+
+
+def test_image_figures_have_one_panel_per_image():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 3072)).astype(np.uint8), np.repeat(np.arange(3), 20)
+    grid = report.sample_grid(x, y, per_class=4, classes=["a", "b", "c"])
+    assert len(grid.axes) == 12 and [grid.axes[i].get_ylabel() for i in (0, 4, 8)] == ["a", "b", "c"]
+    steps = report.augmentation_figure(x, count=2)
+    assert [ax.get_title() for ax in steps.axes][:2] == ["original", "padded by 4"] and len(steps.axes) == 8
+
+
+def test_parameter_table_lists_he_et_al_networks_with_our_counts():
+    lines = report.parameter_table().splitlines()[2:]
+    assert [line.split("  ")[0] for line in lines] == [name for name, _ in report.PAPER_NETWORKS.values()]
+    resnet20 = lines[0].split()
+    assert resnet20[:5] == ["ResNet-20", "1", "3", "20", f"{count_parameters(ResNet(1, 3)):,}"]
+    assert resnet20[-1] == "0.27M"
+
+
+@pytest.mark.parametrize("version,widths", [(1, [8, 8, 16, 32]), (2, [8, 32, 64, 128])])
+def test_stage_shapes_leave_the_model_as_it_was(version, widths):
+    model = ResNet(version, 1, first_num_filters=8)
+    running_mean = model.stack_layers[0][0].bn1.running_mean.clone()
+    shapes = report.stage_shapes(model)
+    assert shapes == [("start layer", (1, widths[0], 32, 32)), ("stack 1", (1, widths[1], 32, 32)),
+                      ("stack 2", (1, widths[2], 16, 16)), ("stack 3", (1, widths[3], 8, 8)),
+                      ("output layer", (1, 10))]
+    assert model.training and torch.equal(model.stack_layers[0][0].bn1.running_mean, running_mean)
+    assert report.stage_shapes(model) == shapes  # the hooks are gone: no duplicate entries
+
+
+def test_training_curves_from_metrics_csv(tmp_path):
+    path = tmp_path / "metrics.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, METRICS)
+        writer.writeheader()
+        for epoch in (1, 2, 3):
+            writer.writerow({"epoch": epoch, "lr": 0.1 / epoch, "train_loss": 2 / epoch, "train_acc": 0.2 * epoch,
+                             "valid_loss": "nan", "valid_acc": "nan", "seconds": 1.5})
+    metrics = report.read_metrics(path)
+    np.testing.assert_allclose(metrics["train_acc"], [0.2, 0.4, 0.6])
+    assert np.isnan(metrics["valid_acc"]).all()  # valid_size 0: no validation
+    fig = report.training_curves(metrics)
+    assert [ax.get_title() for ax in fig.axes] == ["cross-entropy loss", "accuracy", "learning rate at epoch end"]
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), [0.1, 0.05, 0.1 / 3])
+    fig.savefig(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_checkpoints_to_test(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        report.checkpoints_to_test(tmp_path)
+    for name in ("model-10.ckpt", "model-2.ckpt", "model-11-step5.ckpt"):
+        (tmp_path / name).touch()
+    assert report.checkpoints_to_test(tmp_path) == [tmp_path / "model-11-step5.ckpt"]
+    assert report.checkpoints_to_test(tmp_path, [2, 10]) == [tmp_path / "model-2.ckpt", tmp_path / "model-10.ckpt"]
+
+
+def test_evaluate_checkpoints_prints_like_the_cli_and_matches_evaluate(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ResNet(1, 1, first_num_filters=4)
+    config = Config(resnet_size=1, first_num_filters=4)
+    mean, std = [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]
+    path = tmp_path / "model-1.ckpt"
+    save_checkpoint({"model": model.state_dict(), "config": config.__dict__, "mean": mean, "std": std}, path)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
+    [result] = report.evaluate_checkpoints([path], x, y, device="cpu")
+    expected = evaluate(model, x, y, mean, std, device="cpu")
+    assert result["accuracy"] == pytest.approx(expected["accuracy"])
+    assert capsys.readouterr().out == f"Restored model parameters from {path}\nTest accuracy: {expected['accuracy']:.4f}\n"
+
+
+def test_per_class_table_and_confusion_figures():
+    confusion = torch.tensor([[3, 1], [0, 4]])
+    result = {"confusion": confusion, "per_class_accuracy": confusion.diag() / confusion.sum(1)}
+    rows = [line.split() for line in report.per_class_table(result, ["a", "b"]).splitlines()[2:]]
+    assert rows == [["a", "4", "3", "0.7500"], ["b", "4", "4", "1.0000"]]
+    fig = report.confusion_figure(confusion, ["a", "b"])
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "1", "3", "4"]
+
+
+def test_misclassified_figure_titles_true_and_predicted_class():
+    x = np.zeros((5, 3072), np.uint8)
+    y, predicted = np.array([0, 1, 2, 1, 0]), np.array([0, 2, 2, 0, 0])
+    fig = report.misclassified_figure(x, y, predicted, ["a", "b", "c"], columns=4)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["true b\npred c", "true b\npred a"] and len(fig.axes) == 4
