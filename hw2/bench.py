@@ -12,8 +12,10 @@ Images per second, medians over --windows timed windows after --warmup ones, eac
   reference      the same three done plainly: a per-image numpy parse_record loop, float32 NCHW, and
                  evaluation one image at a time
 FLOP rates are model FLOPs (forward counted once with FlopCounterMode; a training step as 3x forward)
-beside the best large-matmul rates measured in the same run. The data is real CIFAR-10 when --data_dir
-holds it, else random uint8 images of the same shape (the "data" field says which).
+beside bfloat16 and float32 n x n matmul rates measured in the same run (n doubled up to where three take
+0.2 s). Peak memory is this process's maximum resident size on CPU (data set, both networks), the most
+allocated on CUDA. The data is real CIFAR-10 when --data_dir holds it, else random uint8 images of the
+same shape (the "data" field says which).
 """
 import argparse
 import json
@@ -25,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from hw2.augment import Loader, channel_stats, parse_record
 from hw2.data import BATCH_DIR, load_data
 from hw2.evaluate import evaluate
 from hw2.models import ResNet
-from hw2.runtime import autocast, resolve_device, resolve_dtype
+from hw2.runtime import resolve_device, resolve_dtype
+from hw2.train import train_step
 
 
 def sync(device):
@@ -46,18 +48,6 @@ def images_per_second(run, images, device):
     run()
     sync(device)
     return images / (time.perf_counter() - start)
-
-
-def train_step(model, optimizer, images, labels, device, dtype):
-    """One step as hw2.train's loop takes it: autocast forward, float32 loss, and the SGD step unless the
-    loss is not finite (the check costs the same host sync as train's)."""
-    with autocast(device, dtype):
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):
-        loss.backward()
-        optimizer.step()
 
 
 def sgd(model):
@@ -156,8 +146,8 @@ def main(argv=None):
                         help="hw2's precision (auto: bfloat16 where the device runs it fast); the reference is float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile hw2's training network")
     parser.add_argument("--steps", type=int, default=4, help="training steps in each timed window")
-    parser.add_argument("--eval_images", type=int, default=2000, help="images hw2 evaluates in each window")
-    parser.add_argument("--ref_eval_images", type=int, default=256, help="images the reference evaluates in each window")
+    parser.add_argument("--eval_images", type=int, default=2000, help="images hw2 evaluates a window")
+    parser.add_argument("--ref_eval_images", type=int, default=256, help="images the reference evaluates a window")
     parser.add_argument("--windows", type=int, default=7, help="timed windows (medians are taken over them)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed windows first")
     parser.add_argument("--data_dir", default="data")
@@ -207,24 +197,24 @@ def main(argv=None):
         for _ in range(steps):
             train_step(reference, ref_optimizer, *ref_ready, device, torch.float32)
 
-    runs = {  # (program, task): (one window, images in it), in the order the windows interleave
-        ("hw2", "train"): (hw2_train, steps * batch),
-        ("reference", "train"): (ref_train, steps * batch),
-        ("hw2", "step"): (hw2_step, steps * batch),
-        ("reference", "step"): (ref_step, steps * batch),
-        ("hw2", "eval"): (lambda: evaluate(model, x_eval, y_eval, mean, std, device=device, dtype=dtype), len(x_eval)),
-        ("reference", "eval"): (lambda: reference_evaluate(reference, x_ref_eval, y_ref_eval, mean, std, device),
-                                len(x_ref_eval)),
-    }
-    windows = {key: [] for key in runs}
+    runs = [  # (program, task, one window, images in it), in the order the windows interleave
+        ("hw2", "train", hw2_train, steps * batch),
+        ("reference", "train", ref_train, steps * batch),
+        ("hw2", "step", hw2_step, steps * batch),
+        ("reference", "step", ref_step, steps * batch),
+        ("hw2", "eval", lambda: evaluate(model, x_eval, y_eval, mean, std, device=device, dtype=dtype), len(x_eval)),
+        ("reference", "eval", lambda: reference_evaluate(reference, x_ref_eval, y_ref_eval, mean, std, device),
+         len(x_ref_eval)),
+    ]
+    samples = {program: {task: [] for task in ("train", "step", "eval")} for program in ("hw2", "reference")}
     for window in range(args.warmup + args.windows):
-        for key, (run, images) in runs.items():
+        for program, task, run, images in runs:
             rate = images_per_second(run, images, device)
             if window >= args.warmup:
-                windows[key].append(rate)
+                samples[program][task].append(rate)
 
-    median = {program: {task: statistics.median(windows[program, task]) for task in ("train", "step", "eval")}
-              for program in ("hw2", "reference")}
+    median = {program: {task: statistics.median(rates) for task, rates in tasks.items()}
+              for program, tasks in samples.items()}
     flops = forward_flops(args.resnet_version, args.resnet_size)
     matmul = {str(t).removeprefix("torch."): matmul_gflops(device, t) for t in (torch.bfloat16, torch.float32)}
     result = {
@@ -241,8 +231,8 @@ def main(argv=None):
         "steps_per_window": steps, "eval_images": len(x_eval), "ref_eval_images": len(x_ref_eval),
         "warmup_windows": args.warmup, "windows": args.windows,
         "img_per_s": median,
-        "img_per_s_windows": {program: {task: [round(r, 1) for r in windows[program, task]]
-                                        for task in ("train", "step", "eval")} for program in ("hw2", "reference")},
+        "img_per_s_windows": {program: {task: [round(r, 1) for r in rates] for task, rates in tasks.items()}
+                              for program, tasks in samples.items()},
         "ratios": {
             "hw2_train_end_to_end_over_step": median["hw2"]["train"] / median["hw2"]["step"],
             "train_hw2_over_reference": median["hw2"]["train"] / median["reference"]["train"],

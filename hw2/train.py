@@ -125,6 +125,23 @@ def get_lr(progress, config):
     return config.learning_rate * 0.1 ** sum(progress >= m for m in config.lr_milestones)
 
 
+def train_step(network, optimizer, images, labels, device, dtype, label_smoothing=0.0):
+    """One SGD step -> (loss, logits, stepped). A non-finite loss takes no step, on every process alike."""
+    with autocast(device, dtype):
+        logits = network(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    finite = torch.isfinite(loss)  # waits for the device: the price of never stepping on a NaN
+    if dist.is_initialized():
+        finite = finite.int()
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite:
+        return loss, logits, False
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits, True
+
+
 class Interrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
 
@@ -276,10 +293,8 @@ def _train(config, rank, world, device, dtype, modeldir):
                 lr = get_lr(epoch + step / steps, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with autocast(device, dtype):
-                    logits = network(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-                if not torch.isfinite(loss):
+                loss, logits, stepped = train_step(network, optimizer, images, labels, device, dtype, config.label_smoothing)
+                if not stepped:
                     if config.on_nan == "stop":
                         last = list_checkpoints(modeldir)
                         raise FloatingPointError(
@@ -288,9 +303,6 @@ def _train(config, rank, world, device, dtype, modeldir):
                             "or pass --on_nan skip to skip such batches.")
                     skipped += 1
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 loss_sum += loss.detach() * len(labels)
                 correct += (logits.argmax(1) == labels).sum()
                 partial["seen"] += len(labels)
@@ -308,7 +320,8 @@ def _train(config, rank, world, device, dtype, modeldir):
             if skipped and main:
                 print(f"warning: skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite", flush=True)
             seen = max(partial["seen"] * world, 1)
-            train_loss = _all_sum(partial["loss"] + loss_sum.item(), world) / seen if partial["seen"] else float("nan")
+            train_loss = _all_sum(partial["loss"] + loss_sum.item(), world) / seen
+            train_loss = train_loss if partial["seen"] else float("nan")
             train_acc = _all_sum(partial["correct"] + correct.item(), world) / seen
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
                    "valid_loss": float("nan"), "valid_acc": float("nan")}

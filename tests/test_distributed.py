@@ -1,0 +1,78 @@
+"""Data-parallel training under torchrun: 2 CPU processes (gloo) train a few steps on the synthetic set.
+
+This file is also the worker torchrun starts: each process calls hw2.train.train, records the uint8
+images its Loader drew (through a pass-through wrapper of augment_batch) and saves them with its
+replica's parameters to rank{RANK}.pt.
+
+BatchNorm running statistics are not compared: DDP broadcasts rank 0's at the start of every forward
+pass, so after the last step each replica holds its own batch's update of them; rank 0's are the ones
+evaluated and checkpointed.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import hw2.augment
+from hw2.checkpoint import load_checkpoint
+from hw2.train import Config, train
+
+STEPS_PER_EPOCH = 4  # 160 training images, 20 per process a step, 2 processes
+
+
+def worker(settings, out):
+    rank = int(os.environ["RANK"])
+    seen, augment = [], hw2.augment.augment_batch
+
+    def recording(images, generator):
+        seen.append(images.clone())
+        return augment(images, generator)
+
+    hw2.augment.augment_batch = recording
+    # each process gets its own modeldir, so that whatever a process other than rank 0 wrote would show
+    model, _ = train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")))
+    parameters = {name: p.detach() for name, p in model.named_parameters()}
+    torch.save({"parameters": parameters, "seen": seen}, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tmp_path):
+    settings = dict(resnet_size=1, first_num_filters=8, batch_size=40, epochs=2, valid_size=40, save_interval=1,
+                    data_dir=str(cifar_dir), device="cpu")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          __file__, json.dumps(settings), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    replicas = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+    # identical weights: DDP averaged the gradients, so both replicas took the same steps
+    params = [r["parameters"] for r in replicas]
+    assert all(torch.equal(params[0][name], params[1][name]) for name in params[0])
+
+    # one process wrote checkpoints and metrics, the other nothing; rank 0's last checkpoint holds the
+    # shared weights, which moved during the second epoch
+    assert sorted(p.name for p in (tmp_path / "model0").iterdir()) == ["metrics.csv", "model-1.ckpt", "model-2.ckpt"]
+    assert not (tmp_path / "model1").exists()
+    first, last = (load_checkpoint(tmp_path / "model0" / f"model-{e}.ckpt")["model"] for e in (1, 2))
+    assert all(torch.equal(last[name], params[0][name]) for name in params[0])
+    assert not all(torch.equal(first[name], params[0][name]) for name in params[0])
+    assert [line.split(" Loss")[0] for line in run.stdout.splitlines() if line.startswith("Epoch ")] == \
+        ["Epoch 1", "Epoch 2"]
+
+    # every epoch the two processes drew disjoint halves of the 160 training images, a new split each epoch
+    def images(rank, epoch):
+        batches = replicas[rank]["seen"][epoch * STEPS_PER_EPOCH:(epoch + 1) * STEPS_PER_EPOCH]
+        return {image.numpy().tobytes() for batch in batches for image in batch}
+
+    assert all(len(replica["seen"]) == 2 * STEPS_PER_EPOCH for replica in replicas)
+    for epoch in (0, 1):
+        assert len(images(0, epoch)) == len(images(1, epoch)) == 80
+        assert len(images(0, epoch) | images(1, epoch)) == 160
+    assert images(0, 0) != images(0, 1)
+
+
+if __name__ == "__main__":
+    worker(json.loads(sys.argv[1]), sys.argv[2])
