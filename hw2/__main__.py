@@ -9,9 +9,9 @@ import argparse
 import dataclasses
 import sys
 
-from hw2.checkpoint import check_architecture, checkpoint_path, list_checkpoints
+from hw2.checkpoint import CheckpointError
 from hw2.data import CLASSES, DataError, download, load_data
-from hw2.evaluate import evaluate, restore
+from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
 from hw2.train import FAST_RECIPE, Config, Interrupted, train
 
 RECIPES = {"he": {}, "fast": FAST_RECIPE}
@@ -35,24 +35,14 @@ def config_from(args):
 
 def test(config, epochs):
     """Print the test accuracy of each checkpoint epoch (default: the newest checkpoint)."""
-    modeldir = config.checkpoint_dir
-    if epochs:
-        paths = [checkpoint_path(modeldir, e) for e in epochs]
-    else:
-        paths = list_checkpoints(modeldir)[-1:]
-        if not paths:
-            raise FileNotFoundError(f"no checkpoints in {modeldir}: train first, or pass --modeldir")
+    paths = checkpoints_to_test(config.checkpoint_dir, epochs)
     download(config.data_dir)
     _, _, x_test, y_test = load_data(config.data_dir)
-    for path in paths:
-        model, checkpoint = restore(path, config.device)
-        check_architecture(checkpoint, config, path)
-        print(f"Restored model parameters from {path}")
-        result = evaluate(model, x_test, y_test, checkpoint["mean"], checkpoint["std"],
-                          device=next(model.parameters()).device, dtype=config.dtype, tta=config.tta)
-        print(f"Test accuracy: {result['accuracy']:.4f}")
-        for name, acc in zip(CLASSES[:config.num_classes], result["per_class_accuracy"]):
-            print(f"  {name:<10} {acc:.4f}")
+    results = evaluate_checkpoints(paths, x_test, y_test, config.device, config.dtype, config.tta, config)
+    for path, result in zip(paths, results):
+        print(f"Per-class test accuracy of {path.name}:")
+        for name, accuracy in zip(CLASSES, result["per_class_accuracy"].tolist()):
+            print(f"  {name:<10} {accuracy:.4f}")
 
 
 def main(argv=None):
@@ -82,8 +72,8 @@ def main(argv=None):
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
-    except (ValueError, DataError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
-            FloatingPointError) as e:
+    except (ValueError, DataError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError,
+            RuntimeError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2.augment import Loader
-from hw2.checkpoint import load_checkpoint
+from hw2.checkpoint import check_architecture, checkpoint_path, list_checkpoints, load_checkpoint
 from hw2.models import ResNet
 from hw2.runtime import autocast, resolve_device, resolve_dtype
 
@@ -64,3 +64,30 @@ def evaluate_checkpoint(path, x, y, batch_size=1000, device="auto", dtype="auto"
     model, checkpoint = restore(path, device)
     return evaluate(model, x, y, checkpoint["mean"], checkpoint["std"], batch_size,
                     next(model.parameters()).device, dtype, tta)
+
+
+def checkpoints_to_test(modeldir, epochs=()):
+    """modeldir/model-{epoch}.ckpt for each of `epochs`, or the newest checkpoint when epochs is empty."""
+    if epochs:
+        return [checkpoint_path(modeldir, epoch) for epoch in epochs]
+    newest = list_checkpoints(modeldir)[-1:]
+    if not newest:
+        raise FileNotFoundError(f"no checkpoints in {modeldir}: train first, or point modeldir at a run")
+    return newest
+
+
+def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=False, config=None):
+    """Restore and evaluate each checkpoint on (x, y), printing `Restored model parameters from ...` and
+    `Test accuracy: ...` -> list of evaluate() results. With a config, a checkpoint of another network
+    is an error."""
+    results = []
+    for path in paths:
+        model, checkpoint = restore(path, device)
+        if config is not None:
+            check_architecture(checkpoint, config, path)
+        print(f"Restored model parameters from {path}")
+        result = evaluate(model, x, y, checkpoint["mean"], checkpoint["std"],
+                          device=next(model.parameters()).device, dtype=dtype, tta=tta)
+        print(f"Test accuracy: {result['accuracy']:.4f}")
+        results.append(result)
+    return results

@@ -1,4 +1,4 @@
-"""What the notebooks show: text tables, figures, and the checkpoint test loop.
+"""What the notebooks show: text tables and figures.
 
 Figures are matplotlib `Figure` objects made without pyplot, so nothing is drawn or kept behind the
 caller's back: a notebook shows one by leaving it as a cell's value, anyone can `fig.savefig(path)`.
@@ -10,9 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from hw2.augment import PAD, SIZE, parse_record
-from hw2.checkpoint import checkpoint_path, list_checkpoints
 from hw2.data import CLASSES
-from hw2.evaluate import evaluate, restore
 from hw2.models import ResNet, count_parameters
 from hw2.train import METRICS
 
@@ -171,30 +169,6 @@ def training_curves(metrics):
 
 # --- evaluation ---------------------------------------------------------------------------------------
 
-def checkpoints_to_test(modeldir, epochs=()):
-    """modeldir/model-{epoch}.ckpt for each of `epochs`, or the newest checkpoint when epochs is empty."""
-    if epochs:
-        return [checkpoint_path(modeldir, epoch) for epoch in epochs]
-    newest = list_checkpoints(modeldir)[-1:]
-    if not newest:
-        raise FileNotFoundError(f"no checkpoints in {modeldir}: train first (03_train.ipynb), or set modeldir")
-    return newest
-
-
-def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=False):
-    """Restore and evaluate each checkpoint on (x, y), printing as `python -m hw2 test` does
-    -> list of evaluate() results."""
-    results = []
-    for path in paths:
-        model, checkpoint = restore(path, device)
-        print(f"Restored model parameters from {path}")
-        result = evaluate(model, x, y, checkpoint["mean"], checkpoint["std"],
-                          device=next(model.parameters()).device, dtype=dtype, tta=tta)
-        print(f"Test accuracy: {result['accuracy']:.4f}")
-        results.append(result)
-    return results
-
-
 def per_class_table(result, classes=CLASSES):
     """Test images, correct predictions and accuracy per class, from an evaluate() result."""
     confusion = result["confusion"]
@@ -223,7 +197,8 @@ def confusion_figure(confusion, classes=CLASSES):
 
 def misclassified_figure(x, y, predicted, classes=CLASSES, count=24, columns=8):
     """Figure: the first `count` misclassified images, titled with true and predicted class."""
-    wrong = np.flatnonzero(np.asarray(predicted) != np.asarray(y))[:count]
+    y, predicted = np.asarray(y), np.asarray(predicted)
+    wrong = np.flatnonzero(predicted != y)[:count]
     rows = max(1, -(-len(wrong) // columns))
     fig = Figure(figsize=(columns * 1.2, rows * 1.5), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()

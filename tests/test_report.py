@@ -95,30 +95,6 @@ def test_training_curves_from_metrics_csv(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_checkpoints_to_test(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        report.checkpoints_to_test(tmp_path)
-    for name in ("model-10.ckpt", "model-2.ckpt", "model-11-step5.ckpt"):
-        (tmp_path / name).touch()
-    assert report.checkpoints_to_test(tmp_path) == [tmp_path / "model-11-step5.ckpt"]
-    assert report.checkpoints_to_test(tmp_path, [2, 10]) == [tmp_path / "model-2.ckpt", tmp_path / "model-10.ckpt"]
-
-
-def test_evaluate_checkpoints_prints_like_the_cli_and_matches_evaluate(tmp_path, capsys):
-    torch.manual_seed(0)
-    model = ResNet(1, 1, first_num_filters=4)
-    config = Config(resnet_size=1, first_num_filters=4)
-    mean, std = [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]
-    path = tmp_path / "model-1.ckpt"
-    save_checkpoint({"model": model.state_dict(), "config": config.__dict__, "mean": mean, "std": std}, path)
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
-    [result] = report.evaluate_checkpoints([path], x, y, device="cpu")
-    expected = evaluate(model, x, y, mean, std, device="cpu")
-    assert result["accuracy"] == pytest.approx(expected["accuracy"])
-    assert capsys.readouterr().out == f"Restored model parameters from {path}\nTest accuracy: {expected['accuracy']:.4f}\n"
-
-
 def test_per_class_table_and_confusion_figures():
     confusion = torch.tensor([[3, 1], [0, 4]])
     result = {"confusion": confusion, "per_class_accuracy": confusion.diag() / confusion.sum(1)}

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from hw2.checkpoint import CheckpointError, save_checkpoint
+from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints
+from hw2.models import ResNet
+from hw2.train import Config
+
+
+def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix():
+    torch.manual_seed(0)
+    model = ResNet(1, 1, first_num_filters=4)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (25, 3072)).astype(np.uint8), rng.integers(0, 10, 25)
+    result = evaluate(model, x, y, [120.0] * 3, [60.0] * 3, batch_size=10, device="cpu")
+    confusion = result["confusion"]
+    assert confusion.sum() == 25 and confusion.shape == (10, 10)
+    assert torch.equal(confusion.sum(1), torch.bincount(torch.from_numpy(y), minlength=10))
+    assert result["accuracy"] == pytest.approx(confusion.diag().sum().item() / 25)
+    assert torch.equal(result["confusion"][torch.from_numpy(y), result["predicted"]] > 0, torch.ones(25, dtype=torch.bool))
+    assert model.training, "evaluation leaves the model's mode as it was"
+
+
+def test_checkpoints_to_test(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        checkpoints_to_test(tmp_path)
+    for name in ("model-10.ckpt", "model-2.ckpt", "model-11-step5.ckpt"):
+        (tmp_path / name).touch()
+    assert checkpoints_to_test(tmp_path) == [tmp_path / "model-11-step5.ckpt"]
+    assert checkpoints_to_test(tmp_path, [2, 10]) == [tmp_path / "model-2.ckpt", tmp_path / "model-10.ckpt"]
+
+
+def test_evaluate_checkpoints_prints_like_the_cli_and_matches_evaluate(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ResNet(1, 1, first_num_filters=4)
+    config = Config(resnet_size=1, first_num_filters=4)
+    mean, std = [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]
+    path = tmp_path / "model-1.ckpt"
+    save_checkpoint({"model": model.state_dict(), "config": config.__dict__, "mean": mean, "std": std}, path)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
+    [result] = evaluate_checkpoints([path], x, y, device="cpu")
+    expected = evaluate(model, x, y, mean, std, device="cpu")
+    assert result["accuracy"] == pytest.approx(expected["accuracy"])
+    assert capsys.readouterr().out == f"Restored model parameters from {path}\nTest accuracy: {expected['accuracy']:.4f}\n"
+
+
+def test_evaluate_checkpoints_refuses_another_network(tmp_path):
+    model = ResNet(1, 1, first_num_filters=4)
+    path = tmp_path / "model-1.ckpt"
+    save_checkpoint({"model": model.state_dict(), "config": Config(resnet_size=1, first_num_filters=4).__dict__,
+                     "mean": [0.0] * 3, "std": [1.0] * 3}, path)
+    x, y = np.zeros((2, 3072), np.uint8), np.zeros(2, np.int64)
+    with pytest.raises(CheckpointError, match="resnet_size 1.*config asks for 1, 3"):
+        evaluate_checkpoints([path], x, y, device="cpu", config=Config())
