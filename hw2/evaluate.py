@@ -25,7 +25,7 @@ def predict(model, loader, dtype=torch.float32, tta=False):
     return torch.cat(outputs)
 
 
-def evaluate(model, x, y, mean, std, batch_size=1000, device="auto", dtype="auto", tta=False):
+def evaluate(model, x, y, mean, std, batch_size=256, device="auto", dtype="auto", tta=False):
     """Evaluate on uint8 images x [N, 3072] with labels y [N] -> dict with loss, accuracy,
     per_class_accuracy [C] and confusion [C, C] (rows: true class, columns: predicted)."""
     device = resolve_device(device) if isinstance(device, str) else device
