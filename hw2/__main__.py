@@ -72,6 +72,9 @@ def main(argv=None):
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt:
+        print("stopped at once; the checkpoints already in modeldir are intact (continue with --resume)", file=sys.stderr)
+        return 130
     except (ValueError, DataError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError,
             RuntimeError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)

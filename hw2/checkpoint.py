@@ -98,7 +98,7 @@ class ModeldirLock:
     def __enter__(self):
         while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 try:
                     pid = int(self.path.read_text().strip() or 0)

@@ -22,6 +22,8 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
+OFFICIAL_TEST_MD5 = "40351d587109b95175f43aff81a1287e"
+STANDIN_TEST_MD5 = "79676a833a3397004ae3dc81cc7f2d25"  # ../shared/data/make_cifar10.py, pillow 13, numpy 2.4
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -158,6 +160,13 @@ def load_data(data_dir="data"):
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return x_train, y_train, x_test, y_test
+
+
+def data_label(data_dir="data"):
+    """What the figures should call the data in data_dir: the official files, the JPEG stand-in made by
+    ../shared/data/make_cifar10.py, or another copy."""
+    md5 = md5sum(Path(data_dir) / BATCH_DIR / TEST_BATCH)
+    return {OFFICIAL_TEST_MD5: "CIFAR-10", STANDIN_TEST_MD5: "CIFAR-10 (JPEG stand-in)"}.get(md5, "CIFAR-10 (unofficial copy)")
 
 
 def train_valid_split(x, y, valid_size=5000, seed=0):

@@ -59,13 +59,6 @@ def restore(path, device="auto"):
     return model, checkpoint
 
 
-def evaluate_checkpoint(path, x, y, batch_size=1000, device="auto", dtype="auto", tta=False):
-    """Restore a checkpoint and evaluate it with the normalisation it was trained with."""
-    model, checkpoint = restore(path, device)
-    return evaluate(model, x, y, checkpoint["mean"], checkpoint["std"], batch_size,
-                    next(model.parameters()).device, dtype, tta)
-
-
 def checkpoints_to_test(modeldir, epochs=()):
     """modeldir/model-{epoch}.ckpt for each of `epochs`, or the newest checkpoint when epochs is empty."""
     if epochs:

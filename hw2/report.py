@@ -150,9 +150,10 @@ def read_metrics(path):
     return {name: np.array([float(row[name]) for row in rows]) for name in METRICS}
 
 
-def training_curves(metrics):
+def training_curves(metrics, title=""):
     """Figure: loss, accuracy and learning rate against epoch (validation absent when valid_size was 0)."""
     fig = Figure(figsize=(12, 3.5), layout="constrained")
+    fig.suptitle(title)
     loss, accuracy, lr = fig.subplots(1, 3)
     epoch = metrics["epoch"]
     for ax, name in ((loss, "loss"), (accuracy, "acc")):
@@ -177,11 +178,12 @@ def per_class_table(result, classes=CLASSES):
     return format_table(["class", "images", "correct", "accuracy"], rows)
 
 
-def confusion_figure(confusion, classes=CLASSES):
+def confusion_figure(confusion, classes=CLASSES, title=""):
     """Figure: the confusion matrix (rows: true class, columns: predicted), counts written in."""
     confusion = np.asarray(confusion)
     classes = classes[:len(confusion)]
     fig = Figure(figsize=(7, 6), layout="constrained")
+    fig.suptitle(title)
     ax = fig.subplots()
     shown = ax.imshow(confusion, cmap="Blues")
     fig.colorbar(shown, ax=ax)
@@ -195,12 +197,13 @@ def confusion_figure(confusion, classes=CLASSES):
     return fig
 
 
-def misclassified_figure(x, y, predicted, classes=CLASSES, count=24, columns=8):
+def misclassified_figure(x, y, predicted, classes=CLASSES, count=24, columns=8, title=""):
     """Figure: the first `count` misclassified images, titled with true and predicted class."""
     y, predicted = np.asarray(y), np.asarray(predicted)
     wrong = np.flatnonzero(predicted != y)[:count]
     rows = max(1, -(-len(wrong) // columns))
     fig = Figure(figsize=(columns * 1.2, rows * 1.5), layout="constrained")
+    fig.suptitle(title)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()

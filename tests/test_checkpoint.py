@@ -12,7 +12,7 @@ import torch
 
 from hw2.checkpoint import (CheckpointError, ModeldirLock, latest_checkpoint, list_checkpoints, load_checkpoint,
                             save_checkpoint)
-from hw2.train import Config, train
+from hw2.train import Config, _StopRequests, train
 from test_train import read_metrics, small
 
 EPOCHS = 5
@@ -218,3 +218,15 @@ def test_lock_of_a_live_process_is_respected(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_signal_stops_at_once(capsys):
+    with _StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.signum == signal.SIGINT, "the first one only asks the loop to stop"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert "stopping after this step" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers restored"

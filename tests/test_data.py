@@ -4,7 +4,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from hw2.data import (BATCH_DIR, CIFAR10_MD5, CIFAR10_URL, DataError, download, load_data, read_batch,
+from hw2.data import (BATCH_DIR, CIFAR10_MD5, CIFAR10_URL, DataError, data_label, download, load_data, read_batch,
                       train_valid_split)
 from conftest import make_archive, py2_pickle, synthetic_batch, tar_with
 
@@ -144,3 +144,8 @@ def test_split_is_shuffled_seeded_and_disjoint():
     assert np.array_equal(train_valid_split(x, y, 100, seed=0)[2], xv)
     assert not np.array_equal(train_valid_split(x, y, 100, seed=1)[2], xv)
     assert np.array_equal(yv, xv.ravel() % 10), "labels follow their images"
+
+
+def test_data_label_tells_the_official_files_from_the_stand_in(cifar_dir, real_data_dir):
+    assert data_label(cifar_dir) == "CIFAR-10 (unofficial copy)"
+    assert data_label(real_data_dir) in ("CIFAR-10", "CIFAR-10 (JPEG stand-in)")
