@@ -59,6 +59,13 @@ def normalize(images, mean, std):
     return (images.float() - mean) / std
 
 
+def downscale(images, size):
+    """float [B, 3, H, W] -> [B, 3, size, size], antialiased bilinear: the whole image at a lower resolution,
+    as progressive resizing trains on."""
+    out = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def step_generator(seed, *keys, device="cpu"):
     """A torch.Generator that is a pure function of (seed, *keys): batch (epoch, step) draws the same
     permutation and crops whether or not the run was interrupted before it."""
@@ -85,8 +92,9 @@ class Loader:
             return len(self.x) // self.world_size // self.batch_size
         return -(-len(self.x) // self.batch_size)
 
-    def batches(self, epoch=0, start_step=0):
-        """Yield (step, images, labels) from step start_step of this epoch."""
+    def batches(self, epoch=0, start_step=0, image_size=SIZE):
+        """Yield (step, images, labels) from step start_step of this epoch, the images downscaled (after
+        augmentation) to image_size x image_size when that is under 32 (progressive resizing)."""
         if self.training:
             order = torch.randperm(len(self.x), generator=step_generator(self.seed, epoch))
             order = order[self.rank::self.world_size].to(self.device)
@@ -99,4 +107,7 @@ class Loader:
                 images = self.x[step * self.batch_size:(step + 1) * self.batch_size]
                 labels = self.y[step * self.batch_size:(step + 1) * self.batch_size]
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield step, normalize(images, self.mean, self.std), labels
+            images = normalize(images, self.mean, self.std)
+            if image_size != SIZE:
+                images = downscale(images, image_size)
+            yield step, images, labels

@@ -8,7 +8,8 @@ Images per second, medians over --windows timed windows after --warmup ones, eac
   hw2 train      the training loop end to end: Loader (uint8 on the device, batched augmentation),
                  autocast forward, loss, backward, SGD step
   hw2 step       the same step alone on one ready batch
-  hw2 eval       hw2.evaluate.evaluate on --eval_images test images
+  hw2 eval       hw2.evaluate.evaluate on --eval_images test images (BatchNorm folded into the
+                 convolutions, batches of 64 on a CPU)
   reference      the same three done plainly: a per-image numpy parse_record loop, float32 NCHW, and
                  evaluation one image at a time
 FLOP rates are model FLOPs (forward counted once with FlopCounterMode; a training step as 3x forward)

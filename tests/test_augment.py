@@ -105,3 +105,20 @@ def test_evaluation_loader_keeps_order_and_the_last_partial_batch():
     x = np.zeros((10, 3072), np.uint8)
     loader = Loader(x, np.arange(10), 4, MEAN, STD, "cpu", training=False)
     assert [labels.tolist() for _, _, labels in loader.batches()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_downscaled_batches_keep_the_whole_image_at_a_lower_resolution():
+    # Image i is i in its left half and 255 - i in its right half: a 16x16 version keeps both halves.
+    left = np.arange(40, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 32, 16), np.uint8)
+    x = np.concatenate([left, 255 - left], axis=3).reshape(40, 3072)
+    loader = Loader(x, np.arange(40), 8, [0, 0, 0], [1, 1, 1], "cpu", training=False)
+    for _, images, labels in loader.batches(image_size=16):
+        assert images.shape == (len(labels), 3, 16, 16) and images.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(images[:, :, :, :7], labels.float()[:, None, None, None].expand(-1, 3, 16, 7))
+        torch.testing.assert_close(images[:, :, :, 9:], 255 - labels.float()[:, None, None, None].expand(-1, 3, 16, 7))
+    training = Loader(x, np.arange(40), 8, [0, 0, 0], [1, 1, 1], "cpu", training=True)
+    full = [images for _, images, _ in training.batches(epoch=3)]
+    small = [images for _, images, _ in training.batches(epoch=3, image_size=20)]
+    assert all(s.shape[2:] == (20, 20) for s in small)
+    torch.testing.assert_close(small[0], torch.nn.functional.interpolate(full[0], size=(20, 20), mode="bilinear",
+                                                                        antialias=True, align_corners=False))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hw2.checkpoint import CheckpointError, save_checkpoint
-from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints
+from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints, fold_batchnorm
 from hw2.models import ResNet
 from hw2.train import Config
 
@@ -20,6 +20,27 @@ def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix():
     assert result["accuracy"] == pytest.approx(confusion.diag().sum().item() / 25)
     assert torch.equal(result["confusion"][torch.from_numpy(y), result["predicted"]] > 0, torch.ones(25, dtype=torch.bool))
     assert model.training, "evaluation leaves the model's mode as it was"
+
+
+@pytest.mark.parametrize("version, unfolded", [(1, 0), (2, 6 - 1 + 1)])
+def test_fold_batchnorm_computes_the_same_function_with_fewer_batchnorms(version, unfolded):
+    torch.manual_seed(0)
+    model = ResNet(version, 2, first_num_filters=4)
+    for m in model.modules():  # running statistics and affine parameters far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.2, 3)
+            m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+    # Version 1: every BN follows a convolution. Version 2: the first BN of each of the 6 blocks follows an
+    # addition, except in the first block, where it follows the start convolution; the output layer's BN
+    # follows the last addition.
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == unfolded
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the model itself is unchanged"
 
 
 def test_checkpoints_to_test(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hw2.checkpoint import load_checkpoint
-from hw2.train import FAST_RECIPE, METRICS, Config, get_lr, train
+from hw2.train import FAST_RECIPE, METRICS, Config, get_image_size, get_lr, train
 
 
 def small(cifar_dir, tmp_path, **overrides):
@@ -38,10 +38,19 @@ def test_cosine_schedule_with_warmup():
     assert get_lr(6, config) == pytest.approx(0.2) and get_lr(10, config) == pytest.approx(0, abs=1e-12)
 
 
+def test_progressive_resizing_grows_the_images_to_32():
+    config = Config(epochs=16, resize_fraction=0.75, min_image_size=16)
+    assert [get_image_size(e, config) for e in range(16)] == [16] * 3 + [20] * 3 + [24] * 3 + [28] * 3 + [32] * 4
+    assert {get_image_size(e, Config(epochs=5)) for e in range(5)} == {32}, "off by default"
+    assert get_image_size(0, Config(epochs=4, resize_fraction=0.5, min_image_size=18)) == 18
+    assert [get_image_size(e, Config(**{**FAST_RECIPE, "epochs": 7})) for e in range(7)] == [16, 16, 20, 24, 28, 28, 32]
+
+
 @pytest.mark.parametrize("field,value", [("resnet_version", 3), ("resnet_size", 0), ("batch_size", 0),
                                          ("learning_rate", 0), ("learning_rate", -1), ("device", "tpu"),
                                          ("lr_schedule", "linear"), ("dtype", "float16"), ("epochs", 0),
-                                         ("on_nan", "ignore"), ("valid_size", -1)])
+                                         ("on_nan", "ignore"), ("valid_size", -1), ("resize_fraction", 1.0),
+                                         ("min_image_size", 4)])
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Config(**{field: value})
@@ -77,6 +86,22 @@ def test_train_writes_checkpoints_metrics_and_the_epoch_line(cifar_dir, tmp_path
     checkpoint = load_checkpoint(modeldir / "model-3.ckpt")
     assert checkpoint["epoch"] == 3 and checkpoint["config"]["resnet_size"] == 1
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in checkpoint["model"].items())
+
+
+def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_path, monkeypatch):
+    import hw2.train
+    sizes = []
+
+    class Recording(hw2.train.ResNet):
+        def forward(self, x):
+            if self.training:  # validation traces the network with torch.fx
+                sizes.append(tuple(x.shape[2:]))
+            return super().forward(x)
+
+    monkeypatch.setattr(hw2.train, "ResNet", Recording)
+    _, metrics = train(small(cifar_dir, tmp_path, resize_fraction=0.5, min_image_size=16))
+    assert sizes == [(16, 16)] * 8 + [(24, 24)] * 8 + [(32, 32)] * 8  # 160 images, batch 20
+    assert all(math.isfinite(row["train_loss"]) for row in metrics)
 
 
 def test_same_seed_same_weights(cifar_dir, tmp_path):
