@@ -2,7 +2,7 @@
 
     python -m hw2 download
     python -m hw2 train --resnet_version 1 --resnet_size 3 --epochs 182
-    python -m hw2 train --recipe fast            # ResNet-20 to about 86% in 26 minutes of a 2-core CPU
+    python -m hw2 train --recipe fast            # ResNet-20 to about 86% in 26-28 minutes of a 2-core CPU
     python -m hw2 test --resnet_version 1 --checkpoint 50 60
 """
 import argparse
