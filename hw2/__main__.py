@@ -12,9 +12,9 @@ import sys
 from hw2.checkpoint import CheckpointError
 from hw2.data import CLASSES, DataError, download, load_data
 from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
-from hw2.train import FAST_RECIPE, Config, Interrupted, train
+from hw2.config import FAST_RECIPE, RECIPES, Config
+from hw2.train import Interrupted, train
 
-RECIPES = {"he": {}, "fast": FAST_RECIPE}
 
 
 def add_config_flags(parser):

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hw2.augment import SIZE, Loader, channel_stats
+from hw2.config import Config
 from hw2.checkpoint import (ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
                             list_checkpoints, save_checkpoint)
 from hw2.data import download, load_data, train_valid_split
@@ -32,96 +32,6 @@ from hw2.models import ResNet
 from hw2.runtime import autocast, resolve_device, resolve_dtype
 
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
-
-
-@dataclass
-class Config:
-    # network
-    resnet_version: int = 1           # 1: standard blocks (He 2015); 2: pre-activation bottleneck blocks (He 2016)
-    resnet_size: int = 3              # blocks per stack: depth 6n+2 for version 1 (3: ResNet-20), 9n+2 for version 2
-    first_num_filters: int = 16       # filters of the start convolution and the first stack (then x2, x4)
-    num_classes: int = 10
-    # optimisation
-    batch_size: int = 128             # images per step, over all processes together
-    epochs: int = 182                 # passes over the training split
-    learning_rate: float = 0.1        # peak rate of SGD
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4        # L2 on every parameter, as He et al.
-    lr_schedule: str = "step"         # "step": divide by 10 at each of lr_milestones; "cosine": cosine decay to 0
-    lr_milestones: list = field(default_factory=lambda: [91, 136])  # epochs after which the rate is divided by 10
-    warmup_epochs: float = 0.0        # linear warm-up from 0 over this many epochs (fractions allowed)
-    label_smoothing: float = 0.0      # cross-entropy label smoothing
-    resize_fraction: float = 0.0      # progressive resizing: this fraction of the epochs, first, trains on downscaled images
-    min_image_size: int = 16          # ... from this size, growing linearly in steps of 4 towards 32 (then 32)
-    tta: bool = False                 # evaluate on the image and its mirror image, logits averaged
-    # data
-    data_dir: str = "data"            # holds cifar-10-batches-py/ (downloaded there when missing)
-    valid_size: int = 5000            # images held out of the 50,000 for validation (shuffled, seeded)
-    train_subset: int = 0             # train on the first N images of the training split only (0: all)
-    # checkpoints
-    modeldir: str = ""                # where checkpoints and metrics.csv go ("": model_v{resnet_version})
-    save_interval: int = 10           # checkpoint every this many epochs, and always after the last one
-    resume: bool = False              # continue from the newest checkpoint in modeldir
-    on_nan: str = "stop"              # non-finite loss: "stop" with an error, or "skip" the batch
-    # runtime
-    seed: int = 0                     # initialisation, split, batch order and augmentation
-    device: str = "auto"              # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
-    dtype: str = "auto"               # "auto" (bfloat16 autocast where fast), "bfloat16" or "float32"
-    compile: bool = False             # torch.compile the network (pays off on GPUs for long runs)
-
-    def __post_init__(self):
-        positive = ["resnet_size", "first_num_filters", "batch_size", "epochs", "save_interval"]
-        checks = [
-            ("resnet_version", self.resnet_version in (1, 2), "must be 1 or 2"),
-            *[(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "must be an integer >= 1")
-              for name in positive],
-            ("num_classes", isinstance(self.num_classes, int) and 2 <= self.num_classes <= 10, "must be in 2-10 (CIFAR-10)"),
-            ("learning_rate", self.learning_rate > 0, "must be > 0"),
-            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            ("lr_schedule", self.lr_schedule in ("step", "cosine"), "must be 'step' or 'cosine'"),
-            ("lr_milestones", all(isinstance(m, int) and m > 0 for m in self.lr_milestones), "must be positive epochs"),
-            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
-            ("resize_fraction", 0 <= self.resize_fraction < 1, "must be in [0, 1)"),
-            ("min_image_size", isinstance(self.min_image_size, int) and 8 <= self.min_image_size <= 32, "must be in [8, 32]"),
-            ("valid_size", isinstance(self.valid_size, int) and 0 <= self.valid_size < 50000, "must be in [0, 50000)"),
-            ("train_subset", isinstance(self.train_subset, int) and self.train_subset >= 0, "must be >= 0 (0: all)"),
-            ("on_nan", self.on_nan in ("stop", "skip"), "must be 'stop' or 'skip'"),
-            ("dtype", self.dtype in ("auto", "bfloat16", "float32"), "must be 'auto', 'bfloat16' or 'float32'"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
-        try:
-            torch.device(self.device if self.device != "auto" else "cpu")
-        except RuntimeError:
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
-
-    @property
-    def checkpoint_dir(self):
-        return Path(self.modeldir or f"model_v{self.resnet_version}")
-
-    @classmethod
-    def from_parameters(cls, names, namespace):
-        """Config from the variables `names` in `namespace` (a notebook's parameters, papermill's injected
-        ones included); an unknown name is an error rather than papermill's warning."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(names) - fields)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}; known: {sorted(fields)}")
-        return cls(**{name: namespace[name] for name in names})
-
-
-# A recipe for a fixed budget of about 30 minutes on a 2-core CPU (reports/README.md): ResNet-20 trains at
-# about 320 img/s end to end there in float32 (about 155 s an epoch at 32x32), and a step costs in proportion
-# to the pixels. So 16 epochs of all 50,000 images, the first 12 downscaled (3 each at 16, 20, 24, 28: about
-# 5.5 epochs' worth of compute) and the last 4 at 32; cosine schedule after a 1-epoch warm-up, Nesterov
-# momentum, more weight decay, label smoothing and flip test-time augmentation.
-FAST_RECIPE = dict(epochs=16, batch_size=128, learning_rate=0.2, nesterov=True, weight_decay=5e-4,
-                   lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1, resize_fraction=0.75, min_image_size=16,
-                   tta=True, valid_size=0)
 
 
 def get_lr(progress, config):

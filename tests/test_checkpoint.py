@@ -12,7 +12,8 @@ import torch
 
 from hw2.checkpoint import (CheckpointError, ModeldirLock, latest_checkpoint, list_checkpoints, load_checkpoint,
                             save_checkpoint)
-from hw2.train import Config, _StopRequests, train
+from hw2.config import Config
+from hw2.train import _StopRequests, train
 from test_train import read_metrics, small
 
 EPOCHS = 5

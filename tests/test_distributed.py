@@ -18,7 +18,8 @@ import torch
 
 import hw2.augment
 from hw2.checkpoint import load_checkpoint
-from hw2.train import Config, train
+from hw2.config import Config
+from hw2.train import train
 
 STEPS_PER_EPOCH = 4  # 160 training images, 20 per process a step, 2 processes
 

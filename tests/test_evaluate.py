@@ -5,7 +5,7 @@ import torch
 from hw2.checkpoint import CheckpointError, save_checkpoint
 from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints, fold_batchnorm
 from hw2.models import ResNet
-from hw2.train import Config
+from hw2.config import Config
 
 
 def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from hw2 import REPO_ROOT
-from hw2.train import Config
+from hw2.config import Config
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 

@@ -9,7 +9,8 @@ from hw2 import report
 from hw2.checkpoint import save_checkpoint
 from hw2.evaluate import evaluate
 from hw2.models import ResNet, count_parameters
-from hw2.train import METRICS, Config
+from hw2.config import Config
+from hw2.train import METRICS
 
 matplotlib.use("Agg")
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hw2.checkpoint import load_checkpoint
-from hw2.train import FAST_RECIPE, METRICS, Config, get_image_size, get_lr, train
+from hw2.config import FAST_RECIPE, Config
+from hw2.train import METRICS, get_image_size, get_lr, train
 
 
 def small(cifar_dir, tmp_path, **overrides):

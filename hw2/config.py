@@ -1,0 +1,132 @@
+"""The one Config: every field is a notebook parameter and a command-line flag of the same name, and its
+`help` is the one place that says what it means (argparse, the notebooks' parameters cells and the README's
+flag table are checked against it).
+
+The defaults are He et al.'s recipe: batch 128, SGD with momentum 0.9, learning rate 0.1 divided by 10
+after epochs 91 and 136 of 182, weight decay 1e-4, 45k/5k train/validation split.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hw2.errors import ConfigError
+
+NUM_CLASSES = 10  # CIFAR-10
+
+
+def knob(default, help):
+    """A Config field with its meaning; a list default is copied for each Config."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # network
+    resnet_version: int = knob(1, "1: standard blocks (He 2015); 2: pre-activation bottleneck blocks (He 2016)")
+    resnet_size: int = knob(3, "blocks per stack: depth 6n+2 for version 1 (3: ResNet-20, 18: ResNet-110), "
+                               "9n+2 for version 2 (18: ResNet-164)")
+    first_num_filters: int = knob(16, "filters of the start convolution and the first stack (then x2, x4)")
+    num_classes: int = knob(10, "outputs of the last layer: 10 for CIFAR-10")
+    # optimisation
+    batch_size: int = knob(128, "images per step, over all processes together")
+    epochs: int = knob(182, "passes over the training split")
+    learning_rate: float = knob(0.1, "peak learning rate of SGD")
+    momentum: float = knob(0.9, "SGD momentum")
+    nesterov: bool = knob(False, "Nesterov momentum")
+    weight_decay: float = knob(1e-4, "L2 penalty on every parameter, as He et al.")
+    lr_schedule: str = knob("step", "'step': divide by 10 after each of lr_milestones; 'cosine': cosine decay to 0")
+    lr_milestones: list = knob([91, 136], "epochs after which the step schedule divides the rate by 10")
+    warmup_epochs: float = knob(0.0, "linear warm-up from 0 over this many epochs (fractions allowed)")
+    label_smoothing: float = knob(0.0, "cross-entropy label smoothing")
+    resize_fraction: float = knob(0.0, "progressive resizing: this first fraction of the epochs trains on "
+                                       "downscaled images (0: off)")
+    min_image_size: int = knob(16, "progressive resizing starts at this size and grows in steps of 4 to 32")
+    tta: bool = knob(False, "evaluate each image and its mirror image, logits averaged")
+    # data
+    data_dir: str = knob("data", "holds cifar-10-batches-py/ (downloaded there when missing)")
+    valid_size: int = knob(5000, "images held out of the 50,000 for validation (shuffled, seeded; 0: none)")
+    train_subset: int = knob(0, "train on the first N images of the training split only (0: all)")
+    # checkpoints
+    modeldir: str = knob("", "where checkpoints and metrics.csv go ('': model_v{resnet_version})")
+    save_interval: int = knob(10, "checkpoint every this many epochs, and always after the last one")
+    resume: bool = knob(False, "continue from the newest checkpoint in modeldir")
+    on_nan: str = knob("stop", "non-finite loss: 'stop' with an error, or 'skip' the batch")
+    # runtime
+    seed: int = knob(0, "initialisation, split, batch order and augmentation")
+    device: str = knob("auto", "'auto' (cuda if torch sees a GPU), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = knob("auto", "'auto' (bfloat16 where the hardware runs it natively, float16 on older GPUs, "
+                              "else float32), 'bfloat16', 'float16' or 'float32'")
+    compile: bool = knob(False, "torch.compile the network (pays off on GPUs for long runs)")
+
+    def __post_init__(self):
+        positive = ["resnet_size", "first_num_filters", "batch_size", "epochs", "save_interval"]
+        milestones = self.lr_milestones
+        checks = [
+            ("resnet_version", self.resnet_version in (1, 2), "must be 1 or 2"),
+            *[(name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "must be an integer >= 1")
+              for name in positive],
+            ("num_classes", self.num_classes == NUM_CLASSES, f"must be {NUM_CLASSES}: CIFAR-10 has {NUM_CLASSES} classes"),
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("lr_schedule", self.lr_schedule in ("step", "cosine"), "must be 'step' or 'cosine'"),
+            ("lr_milestones", isinstance(milestones, list) and all(_is_int(m) and m > 0 for m in milestones),
+             "must be a list of positive epochs"),
+            ("lr_milestones", milestones == sorted(set(milestones)), "must be increasing"),
+            ("lr_milestones", self.lr_schedule != "step" or all(m < self.epochs for m in milestones),
+             f"must be epochs before the last one (epochs is {self.epochs})"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("resize_fraction", 0 <= self.resize_fraction < 1, "must be in [0, 1)"),
+            ("min_image_size", _is_int(self.min_image_size) and 8 <= self.min_image_size <= 32, "must be in [8, 32]"),
+            ("valid_size", _is_int(self.valid_size) and 0 <= self.valid_size < 50000, "must be in [0, 50000)"),
+            ("train_subset", _is_int(self.train_subset) and self.train_subset >= 0, "must be >= 0 (0: all)"),
+            ("on_nan", self.on_nan in ("stop", "skip"), "must be 'stop' or 'skip'"),
+            ("dtype", self.dtype in ("auto", "bfloat16", "float16", "float32"),
+             "must be 'auto', 'bfloat16', 'float16' or 'float32'"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"{name} {rule}, got {getattr(self, name)!r}")
+        try:
+            torch.device(self.device if self.device != "auto" else "cpu")
+        except RuntimeError:
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+
+    @property
+    def checkpoint_dir(self):
+        return Path(self.modeldir or f"model_v{self.resnet_version}")
+
+    @classmethod
+    def from_parameters(cls, namespace, names=None):
+        """Config from the variables a notebook's parameters cell sets: `names` (default: every field), each
+        of which must be in `namespace`, so that a rerun starts from what the cell says."""
+        names = [f.name for f in dataclasses.fields(cls)] if names is None else list(names)
+        missing = [name for name in names if name not in namespace]
+        if missing:
+            raise ConfigError(f"the parameters cell must set {missing}: run it (or Run All) again")
+        return cls(**{name: namespace[name] for name in names})
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def help_text(name):
+    return Config.__dataclass_fields__[name].metadata["help"]
+
+
+# A recipe for a fixed budget of about 30 minutes on a 2-core AVX2 CPU (reports/README.md): ResNet-20 trains
+# at about 320 img/s end to end there in float32 (about 155 s an epoch at 32x32), and a step costs in
+# proportion to the pixels. So 16 epochs of all 50,000 images, the first 12 downscaled (3 each at 16, 20, 24,
+# 28: about 5.5 epochs' worth of compute) and the last 4 at 32; cosine schedule after a 1-epoch warm-up,
+# Nesterov momentum, more weight decay, label smoothing and flip test-time augmentation.
+FAST_RECIPE = dict(epochs=16, batch_size=128, learning_rate=0.2, nesterov=True, weight_decay=5e-4,
+                   lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1, resize_fraction=0.75, min_image_size=16,
+                   tta=True, valid_size=0)
+
+RECIPES = {"he": {}, "fast": FAST_RECIPE}
