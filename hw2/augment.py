@@ -53,10 +53,15 @@ def augment_batch(images, generator):
 
 
 def normalize(images, mean, std):
-    """uint8 [B, 3, H, W] -> float32, per-channel (x - mean) / std, memory format kept."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    """uint8 [B, 3, H, W] -> float32, per-channel (x - mean) / std, memory format kept; mean and std are
+    float32 [1, 3, 1, 1] tensors on the images' device (channel_tensors)."""
     return (images.float() - mean) / std
+
+
+def channel_tensors(mean, std, device):
+    """Per-channel mean and std as the [1, 3, 1, 1] float32 tensors normalize takes, made once: building
+    them from host values in every batch would copy them to the device, and wait for it, every step."""
+    return [torch.as_tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(device) for v in (mean, std)]
 
 
 def downscale(images, size):
@@ -84,7 +89,8 @@ class Loader:
     def __init__(self, x, y, batch_size, mean, std, device, training, seed=0, rank=0, world_size=1):
         self.x = torch.as_tensor(x).view(-1, 3, SIZE, SIZE).to(device)
         self.y = torch.as_tensor(y).to(device)
-        self.batch_size, self.mean, self.std, self.device = batch_size, mean, std, torch.device(device)
+        self.mean, self.std = channel_tensors(mean, std, device)
+        self.batch_size, self.device = batch_size, torch.device(device)
         self.training, self.seed, self.rank, self.world_size = training, seed, rank, world_size
 
     def __len__(self):

@@ -77,8 +77,6 @@ class Config:
             ("lr_milestones", isinstance(milestones, list) and all(_is_int(m) and m > 0 for m in milestones),
              "must be a list of positive epochs"),
             ("lr_milestones", milestones == sorted(set(milestones)), "must be increasing"),
-            ("lr_milestones", self.lr_schedule != "step" or all(m < self.epochs for m in milestones),
-             f"must be epochs before the last one (epochs is {self.epochs})"),
             ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
             ("resize_fraction", 0 <= self.resize_fraction < 1, "must be in [0, 1)"),

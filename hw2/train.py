@@ -1,12 +1,12 @@
-"""Training: one Config (the notebook's parameters and the CLI's flags), a pure learning-rate schedule,
-and `train(config)`, which writes modeldir/model-{epoch}.ckpt and modeldir/metrics.csv as it goes.
+"""Training: a pure learning-rate schedule, one SGD step, and `train(config)`, which writes
+modeldir/model-{epoch}.ckpt and modeldir/metrics.csv as it goes.
 
-The defaults are He et al.'s recipe: batch 128, SGD with momentum 0.9, learning rate 0.1 divided by 10
-at epochs 91 and 136 of 182, weight decay 1e-4, 45k/5k train/validation split. Runs survive
-interruption: every checkpoint is written atomically, `resume` continues from the newest one exactly
-(batch order and augmentation are pure functions of seed, epoch and step), and SIGINT/SIGTERM stop after
-the current step with a checkpoint.
+Runs survive interruption: every checkpoint is written atomically, `resume` continues from the newest one
+exactly (batch order and augmentation are pure functions of seed, epoch and step), and SIGINT/SIGTERM stop
+after the current step with a checkpoint. The step never waits for the device: whether a loss was finite is
+decided on the device (the fused SGD kernel skips the update), and the host looks every CHECK_EVERY steps.
 """
+import contextlib
 import csv
 import dataclasses
 import math
@@ -14,24 +14,23 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from hw2.augment import SIZE, Loader, channel_stats
-from hw2.config import Config
-from hw2.checkpoint import (ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
+from hw2.checkpoint import (NAME, ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
                             list_checkpoints, save_checkpoint)
 from hw2.data import download, load_data, train_valid_split
+from hw2.errors import ConfigError, Hw2Error, ModeldirError, TrainingDiverged
 from hw2.evaluate import evaluate
 from hw2.models import ResNet
-from hw2.runtime import autocast, resolve_device, resolve_dtype
+from hw2.runtime import autocast, grad_scaler, resolve_device, resolve_dtype
 
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
+CHECK_EVERY = 50  # steps between the host's looks at the device's non-finite count and at the stop flag across processes
 
 
 def get_lr(progress, config):
@@ -54,30 +53,87 @@ def get_image_size(epoch, config):
     return max(config.min_image_size, int(size) // 4 * 4)
 
 
-def train_step(network, optimizer, images, labels, device, dtype, label_smoothing=0.0):
-    """One SGD step -> (loss, logits, stepped). A non-finite loss takes no step, on every process alike."""
+def make_optimizer(model, learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4):
+    """SGD with the fused kernel, which can skip an update on a flag that stays on the device (train_step).
+    Momentum buffers start at zero rather than empty, so that skipping the very first step leaves them
+    defined; with no dampening a zero buffer gives the same first step as PyTorch's copy of the gradient."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum, nesterov=nesterov,
+                                weight_decay=weight_decay, fused=True)
+    for p in model.parameters():
+        optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
+
+
+def train_step(network, optimizer, images, labels, device, dtype, label_smoothing=0.0, scaler=None):
+    """One SGD step -> (loss, logits, finite), finite a bool tensor on the device. A non-finite loss (on any
+    process) takes no step, and nothing here waits for the device to find out. With float16 a GradScaler
+    (`scaler`) scales the loss and skips steps whose gradients overflowed."""
     with autocast(device, dtype):
         logits = network(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-    finite = torch.isfinite(loss)  # waits for the device: the price of never stepping on a NaN
-    if dist.is_initialized():
+    finite = torch.isfinite(loss)
+    if dist.is_initialized():  # every process must skip the same steps, or the replicas part ways
         finite = finite.int()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if not finite:
-        return loss, logits, False
+        finite = finite.bool()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss, logits, True
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # a non-finite loss makes non-finite gradients: the scaler skips the step
+        scaler.update()
+    else:
+        loss.backward()
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = (~finite).float()  # the fused kernel skips the whole update when this is 1
+            optimizer.step()
+        elif finite:  # a plain optimizer cannot skip on the device, so this waits for it
+            optimizer.step()
+    return loss, logits, finite
 
 
-class Interrupted(Exception):
+class EpochTotals:
+    """Loss, correct predictions and images of one epoch's stepped batches, summed on the device (adding to
+    them never waits for it), and the seconds spent; `partial()` is what a mid-epoch checkpoint keeps."""
+
+    def __init__(self, device, partial=None):
+        partial = partial or {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.sums = torch.tensor([partial["loss"], partial["correct"], partial["seen"]], dtype=torch.float64,
+                                 device=device)
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+        self.first_skipped = torch.full((), -1, dtype=torch.long, device=device)
+        self.earlier_seconds, self.started = partial["seconds"], time.perf_counter()
+
+    def add(self, step, loss, logits, labels, finite):
+        n = len(labels)
+        batch = torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
+                             self.sums.new_full((), n)])  # new_full: a fill on the device, not a copy from the host
+        self.sums += torch.where(finite, batch, 0.0)  # where, not a product: a NaN times 0 is NaN
+        self.first_skipped = torch.where(~finite & (self.first_skipped < 0), step, self.first_skipped)
+        self.skipped += ~finite
+
+    def seconds(self):
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+    def partial(self):
+        loss, correct, seen = self.sums.tolist()
+        return {"loss": loss, "correct": int(correct), "seen": int(seen), "seconds": self.seconds()}
+
+    def means(self, world):
+        """(train loss, train accuracy) over all processes' images."""
+        sums = self.sums.clone()
+        if world > 1:
+            dist.all_reduce(sums)
+        loss, correct, seen = sums.tolist()
+        return (loss / seen, correct / seen) if seen else (float("nan"), float("nan"))
+
+
+class Interrupted(Hw2Error):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
 
     def __init__(self, signum, path):
         self.signum, self.path = signum, path
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. "
-                         "Run the same command with --resume to continue.")
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. Run the same "
+                         "command with --resume (resume = True in a notebook) to continue.")
 
 
 class _StopRequests:
@@ -98,71 +154,107 @@ class _StopRequests:
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", flush=True)
 
+    def requested(self, world, device):
+        """Whether any process was asked to stop. With several processes this is a collective: all of them
+        must ask at the same steps."""
+        if world == 1:
+            return self.signum is not None
+        flag = torch.tensor(int(self.signum is not None), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
 
-def _write_metrics(path, rows):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, METRICS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+class MetricsFile:
+    """modeldir/metrics.csv, rewritten whole (atomically) after each epoch: it always holds exactly the
+    epochs of the run so far, also after a resume from an older checkpoint."""
+
+    def __init__(self, modeldir):
+        self.path = modeldir / "metrics.csv"
+
+    def write(self, rows):
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, METRICS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
 
-def _prepare_modeldir(config, rank):
-    """Refuse, before any work, a modeldir that cannot be written or that holds another run's checkpoints."""
+@contextlib.contextmanager
+def _own_modeldir(config):
+    """The run's modeldir, locked against a second run. Refused before any work if it cannot be written or
+    holds another run's checkpoints; removed again if this run created it and fails before its first
+    checkpoint, so that a failed start leaves nothing behind."""
     modeldir = config.checkpoint_dir
-    if rank != 0:
-        return modeldir
+    created = not modeldir.exists()
     try:
         modeldir.mkdir(parents=True, exist_ok=True)
         probe = modeldir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise PermissionError(f"modeldir {modeldir} is not writable ({e.strerror}); choose another --modeldir") from None
-    existing = list_checkpoints(modeldir)
-    if existing and not config.resume:
-        raise FileExistsError(f"{modeldir} already holds checkpoints ({existing[-1].name} is the newest); pass --resume "
-                              "to continue that run, or choose a new --modeldir. Nothing was overwritten.")
-    return modeldir
-
-
-def _distributed():
-    """(rank, world_size), initialising the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def train(config):
-    """Train a ResNet as `config` says -> (model, metrics rows). See the module docstring."""
-    rank, world = _distributed()
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} must divide evenly over {world} processes")
-    device = resolve_device(config.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    dtype = resolve_dtype(config.dtype, device)
-    modeldir = _prepare_modeldir(config, rank)
-    lock = ModeldirLock(modeldir) if rank == 0 else None
-    if lock:
-        lock.__enter__()
+        raise ModeldirError(f"modeldir {modeldir} is not writable ({e.strerror}); choose another --modeldir "
+                            "(modeldir = ... in a notebook)") from None
     try:
-        return _train(config, rank, world, device, dtype, modeldir)
+        with ModeldirLock(modeldir):
+            existing = list_checkpoints(modeldir)
+            if existing and not config.resume:
+                raise ModeldirError(
+                    f"{modeldir} already holds checkpoints ({existing[-1].name} is the newest). To continue that run "
+                    "pass --resume (resume = True in a notebook); to start another, choose a new --modeldir "
+                    "(modeldir = ... in a notebook). Nothing was overwritten.")
+            yield modeldir
+    except BaseException:
+        if created and not list_checkpoints(modeldir):
+            for leftover in ("metrics.csv", ".lock"):
+                (modeldir / leftover).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                modeldir.rmdir()
+        raise
+
+
+def _start_processes(device):
+    """(rank, world size, device). Under torchrun: the process group on the backend that serves the device
+    (NCCL for CUDA tensors, gloo for CPU ones), each process bound to its own GPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world, device
+
+
+def train(config, on_epoch=None):
+    """Train a ResNet as `config` says -> (model, metrics rows). `on_epoch(metrics)` is called on the main
+    process after each epoch (metrics.csv and any checkpoint written), e.g. to redraw a plot."""
+    device = resolve_device(config.device)  # first: the device decides the process group's backend
+    rank, world, device = _start_processes(device)
+    try:
+        if config.batch_size % world:
+            raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {world} processes")
+        if rank > 0:
+            return _train(config, rank, world, device, config.checkpoint_dir, on_epoch)
+        with _own_modeldir(config) as modeldir:
+            return _train(config, rank, world, device, modeldir, on_epoch)
     finally:
-        if lock:
-            lock.__exit__()
+        if world > 1:
+            dist.destroy_process_group()
 
 
-def _train(config, rank, world, device, dtype, modeldir):
+def _train(config, rank, world, device, modeldir, on_epoch):
     main = rank == 0
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    dtype = resolve_dtype(config.dtype, device)
+    torch.manual_seed(config.seed)  # initialisation; batches and augmentation draw from their own generators
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     if main:
         download(config.data_dir)
     if world > 1:
@@ -172,124 +264,138 @@ def _train(config, rank, world, device, dtype, modeldir):
     if config.train_subset:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
     mean, std = channel_stats(x_train)
-    per_process_batch = config.batch_size // world
-    loader = Loader(x_train, y_train, per_process_batch, mean, std, device, training=True,
+    loader = Loader(x_train, y_train, config.batch_size // world, mean, std, device, training=True,
                     seed=config.seed, rank=rank, world_size=world)
     if len(loader) == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training images")
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training images; "
+                            "lower --batch_size (batch_size in a notebook) or raise --train_subset")
 
     model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
     model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
-    metrics, start_epoch, start_step, partial = [], 0, 0, {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    optimizer = make_optimizer(model, config.learning_rate, config.momentum, config.nesterov, config.weight_decay)
+    scaler = grad_scaler(device, dtype)
+    metrics, start_epoch, start_step, partial = [], 0, 0, None
     if config.resume:
         path, checkpoint = latest_checkpoint(modeldir)
         if checkpoint is not None:
             check_architecture(checkpoint, config, path)
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
+            if scaler is not None and checkpoint.get("scaler"):
+                scaler.load_state_dict(checkpoint["scaler"])
             start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
             metrics, partial = checkpoint["metrics"], checkpoint["partial"]
-            _set_rng_state(checkpoint["rng"])
             if main:
-                print(f"Resuming from {path} (epoch {start_epoch}, step {start_step})")
+                print(f"Resuming from {path} (epoch {start_epoch}, step {start_step})", flush=True)
+    metrics_file = MetricsFile(modeldir)
     if main:
-        _write_metrics(modeldir / "metrics.csv", metrics)  # drops rows newer than the checkpoint
+        metrics_file.write(metrics)  # drops rows newer than the checkpoint
 
+    # `model` is the network itself (checkpointed, evaluated); `network` is what the steps run: the same
+    # model, wrapped for data parallelism and compiled where asked
     network = model
     if world > 1:
-        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if config.compile:
         network = torch.compile(network)
 
-    def state(epoch, step):
+    def state(epoch, step, totals):
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                "config": dataclasses.asdict(config), "metrics": metrics, "partial": partial,
-                "mean": mean.tolist(), "std": std.tolist(), "rng": _rng_state()}
+                "config": dataclasses.asdict(config), "metrics": metrics, "partial": totals,
+                "mean": mean.tolist(), "std": std.tolist(), "scaler": scaler.state_dict() if scaler else {}}
 
-    steps = len(loader)
+    def save(epoch, step, totals=None):
+        path = checkpoint_path(modeldir, epoch, step)
+        save_checkpoint(state(epoch - 1 if step else epoch, step, totals), path)
+        if not step:  # a whole-epoch checkpoint supersedes the mid-epoch ones of this and earlier epochs
+            for older in list_checkpoints(modeldir):
+                older_epoch, older_step = NAME.match(older.name).groups()
+                if older_step is not None and int(older_epoch) <= epoch:
+                    older.unlink()
+        return path
+
+    late = [m for m in config.lr_milestones if m >= config.epochs]
+    if main and late and config.lr_schedule == "step":
+        print(f"warning: lr_milestones {late} are not below epochs ({config.epochs}), so they never take effect; "
+              "set --lr_milestones (lr_milestones in a notebook) to change that", flush=True)
+    if main and start_epoch == config.epochs:
+        print(f"{modeldir} has finished all {config.epochs} epochs; nothing to train.", flush=True)
     with _StopRequests() as stop:
         for epoch in range(start_epoch, config.epochs):
             network.train()
-            started = time.perf_counter()
+            totals = EpochTotals(device, partial)
             batches = loader.batches(epoch, start_step, get_image_size(epoch, config))
-            bar = tqdm(batches, total=steps, initial=start_step, disable=not main,
+            bar = tqdm(batches, total=len(loader), initial=start_step, disable=not main,
                        desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            skipped = 0
             for step, images, labels in bar:
-                lr = get_lr(epoch + step / steps, config)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, logits, stepped = train_step(network, optimizer, images, labels, device, dtype, config.label_smoothing)
-                if not stepped:
-                    if config.on_nan == "stop":
-                        last = list_checkpoints(modeldir)
-                        raise FloatingPointError(
-                            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped. The last good "
-                            f"checkpoint is {last[-1] if last else 'none (none was written yet)'}; lower --learning_rate, "
-                            "or pass --on_nan skip to skip such batches.")
-                    skipped += 1
-                    continue
-                loss_sum += loss.detach() * len(labels)
-                correct += (logits.argmax(1) == labels).sum()
-                partial["seen"] += len(labels)
-                if stop.signum is not None:
-                    partial["loss"] += loss_sum.item()
-                    partial["correct"] += correct.item()
-                    partial["seconds"] += time.perf_counter() - started
-                    path = None
-                    if main:
-                        path = checkpoint_path(modeldir, epoch + 1, step + 1)
-                        save_checkpoint(state(epoch, step + 1), path)
-                    raise Interrupted(stop.signum, path)
+                    group["lr"] = get_lr(epoch + step / len(loader), config)
+                loss, logits, finite = train_step(network, optimizer, images, labels, device, dtype,
+                                                  config.label_smoothing, scaler)
+                totals.add(step, loss, logits, labels, finite)
+                if config.on_nan == "stop" and (step + 1) % CHECK_EVERY == 0:
+                    _check_finite(totals, config, epoch, modeldir)
+                if (world == 1 or (step + 1) % CHECK_EVERY == 0) and stop.requested(world, device):
+                    raise Interrupted(stop.signum or signal.SIGTERM,
+                                      save(epoch + 1, step + 1, totals.partial()) if main else None)
             bar.close()
-            start_step = 0
-            if skipped and main:
-                print(f"warning: skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite", flush=True)
-            seen = max(partial["seen"] * world, 1)
-            train_loss = _all_sum(partial["loss"] + loss_sum.item(), world) / seen
-            train_loss = train_loss if partial["seen"] else float("nan")
-            train_acc = _all_sum(partial["correct"] + correct.item(), world) / seen
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
-                   "valid_loss": float("nan"), "valid_acc": float("nan")}
+            skipped = _check_finite(totals, config, epoch, modeldir)
+            start_step, partial = 0, None
+            row = _epoch_row(epoch, optimizer, totals, world)
             if main and len(x_valid):
                 result = evaluate(model, x_valid, y_valid, mean, std, device=device, dtype=dtype, tta=config.tta)
                 row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
-            row["seconds"] = partial["seconds"] + time.perf_counter() - started
-            partial = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            row["seconds"] = totals.seconds()
             metrics.append(row)
             if main:
-                with open(modeldir / "metrics.csv", "a", newline="") as f:
-                    csv.DictWriter(f, METRICS).writerow(row)
-                print(f"Epoch {epoch + 1} Loss {train_loss:.4f} Duration {row['seconds']:.3f} seconds.", flush=True)
+                metrics_file.write(metrics)
+                if skipped:
+                    print(f"warning: skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite", flush=True)
+                print(_epoch_line(row), flush=True)
                 if (epoch + 1) % config.save_interval == 0 or epoch + 1 == config.epochs:
-                    save_checkpoint(state(epoch + 1, 0), checkpoint_path(modeldir, epoch + 1))
+                    save(epoch + 1, 0)
+                if on_epoch:
+                    on_epoch(metrics)
+    if main:
+        print(summary(metrics, modeldir), flush=True)
     return model, metrics
 
 
-def _all_sum(value, world):
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.item()
+def _check_finite(totals, config, epoch, modeldir):
+    """The number of this epoch's steps skipped for a non-finite loss so far (reading it waits for the device);
+    with on_nan 'stop' any is an error."""
+    skipped = int(totals.skipped)
+    if skipped and config.on_nan == "stop":
+        last = list_checkpoints(modeldir)
+        raise TrainingDiverged(
+            f"the loss was not finite at epoch {epoch + 1}, step {int(totals.first_skipped) + 1}: training stopped "
+            f"(that step was not taken). The last good checkpoint is {last[-1] if last else 'none (none was written yet)'}. "
+            "Lower --learning_rate (learning_rate in a notebook), or pass --on_nan skip (on_nan = 'skip') to skip such batches.")
+    return skipped
 
 
-def _rng_state():
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                      *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _epoch_row(epoch, optimizer, totals, world):
+    train_loss, train_acc = totals.means(world)
+    return {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+            "train_acc": train_acc, "valid_loss": float("nan"), "valid_acc": float("nan")}
 
 
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _epoch_line(row):
+    """The assignment's line, `Epoch 36 Loss 0.2091 Duration 48.022 seconds.`, with the validation accuracy."""
+    line = f"Epoch {row['epoch']} Loss {row['train_loss']:.4f} Duration {row['seconds']:.3f} seconds."
+    if not math.isnan(row["valid_acc"]):
+        line += f" Validation accuracy {row['valid_acc']:.4f}"
+    return line
+
+
+def summary(metrics, modeldir):
+    """One line on a finished run: epochs, time, best and last validation accuracy, where the checkpoints are."""
+    minutes = sum(row["seconds"] for row in metrics) / 60
+    text = f"Trained {len(metrics)} epochs in {minutes:.1f} minutes"
+    valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
+    if valid:
+        best = max(valid, key=lambda row: row["valid_acc"])
+        text += (f"; validation accuracy best {best['valid_acc']:.4f} (epoch {best['epoch']}), "
+                 f"last {valid[-1]['valid_acc']:.4f}")
+    newest = list_checkpoints(modeldir)[-1:]
+    return text + f". Checkpoints in {modeldir}" + (f" (newest {newest[0].name})." if newest else ".")

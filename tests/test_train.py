@@ -1,14 +1,20 @@
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from hw2.checkpoint import load_checkpoint
+from hw2.checkpoint import list_checkpoints, load_checkpoint
 from hw2.config import FAST_RECIPE, Config
-from hw2.train import METRICS, get_image_size, get_lr, train
+from hw2.errors import Hw2Error
+from hw2.models import ResNet
+from hw2.runtime import grad_scaler
+from hw2.train import (METRICS, Interrupted, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
+                       train, train_step)
 
 
 def small(cifar_dir, tmp_path, **overrides):
@@ -40,27 +46,28 @@ def test_cosine_schedule_with_warmup():
 
 
 def test_progressive_resizing_grows_the_images_to_32():
-    config = Config(epochs=16, resize_fraction=0.75, min_image_size=16)
+    config = Config(epochs=16, lr_milestones=[8, 12], resize_fraction=0.75, min_image_size=16)
     assert [get_image_size(e, config) for e in range(16)] == [16] * 3 + [20] * 3 + [24] * 3 + [28] * 3 + [32] * 4
-    assert {get_image_size(e, Config(epochs=5)) for e in range(5)} == {32}, "off by default"
-    assert get_image_size(0, Config(epochs=4, resize_fraction=0.5, min_image_size=18)) == 18
+    assert {get_image_size(e, Config(epochs=5, lr_milestones=[4])) for e in range(5)} == {32}, "off by default"
+    assert get_image_size(0, Config(epochs=4, lr_milestones=[], resize_fraction=0.5, min_image_size=18)) == 18
     assert [get_image_size(e, Config(**{**FAST_RECIPE, "epochs": 7})) for e in range(7)] == [16, 16, 20, 24, 28, 28, 32]
 
 
 @pytest.mark.parametrize("field,value", [("resnet_version", 3), ("resnet_size", 0), ("batch_size", 0),
                                          ("learning_rate", 0), ("learning_rate", -1), ("device", "tpu"),
-                                         ("lr_schedule", "linear"), ("dtype", "float16"), ("epochs", 0),
-                                         ("on_nan", "ignore"), ("valid_size", -1), ("resize_fraction", 1.0),
+                                         ("lr_schedule", "linear"), ("dtype", "float8"), ("epochs", 0),
+                                         ("on_nan", "ignore"), ("valid_size", -1), ("lr_milestones", [5, 3]), ("resize_fraction", 1.0),
                                          ("min_image_size", 4)])
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Config(**{field: value})
 
 
-def test_unknown_notebook_parameter_is_an_error():
-    assert Config.from_parameters(["resnet_size"], {"resnet_size": 5}).resnet_size == 5
-    with pytest.raises(ValueError, match="resnet_sise"):
-        Config.from_parameters(["resnet_sise"], {"resnet_sise": 5})
+def test_notebook_parameters_must_all_be_set():
+    namespace = {"resnet_size": 5, "resnet_version": 2}
+    assert Config.from_parameters(namespace, ["resnet_size", "resnet_version"]).resnet_size == 5
+    with pytest.raises(ValueError, match=r"must set \['first_num_filters'\]"):
+        Config.from_parameters(namespace, ["resnet_size", "first_num_filters"])
 
 
 def test_defaults_are_he_et_al_recipe():
@@ -105,8 +112,9 @@ def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_pa
     assert all(math.isfinite(row["train_loss"]) for row in metrics)
 
 
-def test_same_seed_same_weights(cifar_dir, tmp_path):
+def test_same_seed_same_weights(cifar_dir, tmp_path, capsys):
     a, _ = train(small(cifar_dir, tmp_path / "a", epochs=1))
+    assert "warning: lr_milestones [2] are not below epochs (1), so they never take effect" in capsys.readouterr().out
     b, _ = train(small(cifar_dir, tmp_path / "b", epochs=1))
     c, _ = train(small(cifar_dir, tmp_path / "c", epochs=1, seed=1))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -140,3 +148,123 @@ def test_fast_recipe_flag_sets_the_recipe_and_explicit_flags_win(monkeypatch):
     config = seen["config"]
     assert config.lr_schedule == "cosine" and config.label_smoothing == FAST_RECIPE["label_smoothing"]
     assert config.epochs == 7
+
+
+def _tiny_network_and_batch(seed=0):
+    torch.manual_seed(seed)
+    model = ResNet(1, 1, first_num_filters=8)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    return model, images, labels
+
+
+def test_float16_steps_with_a_loss_scaler(tmp_path):
+    model, images, labels = _tiny_network_and_batch()
+    optimizer, cpu = make_optimizer(model, learning_rate=0.05), torch.device("cpu")
+    scaler = grad_scaler(cpu, torch.float16)
+    losses = [train_step(model, optimizer, images, labels, cpu, torch.float16, scaler=scaler)[0].item() for _ in range(5)]
+    assert losses[-1] < losses[0], "float16 with loss scaling learns the batch"
+    assert scaler.get_scale() > 0
+
+
+def test_a_non_finite_loss_leaves_weights_and_momentum_alone():
+    model, images, labels = _tiny_network_and_batch()
+    optimizer, cpu = make_optimizer(model), torch.device("cpu")
+    for scaler in (None, grad_scaler(cpu, torch.float16)):
+        dtype = torch.float32 if scaler is None else torch.float16
+        train_step(model, optimizer, images, labels, cpu, dtype, scaler=scaler)  # momentum is now non-zero
+        before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k}
+        momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+        loss, _, finite = train_step(model, optimizer, images * float("nan"), labels, cpu, dtype, scaler=scaler)
+        assert not finite and not torch.isfinite(loss)
+        assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+        assert all(torch.equal(m, optimizer.state[p]["momentum_buffer"]) for m, p in zip(momentum, model.parameters()))
+
+
+def test_the_training_loop_waits_for_the_device_once_per_epoch_not_per_step(cifar_dir, tmp_path, monkeypatch):
+    """Reading a tensor's value on the host (item, bool, int, float, tolist) makes the host wait for the
+    device; counted over a whole run, twice the steps must make no more reads."""
+    reads = []
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, **k: reads.append(1) or _f(self, *a, **k))
+
+    def count(batch_size, folder):
+        reads.clear()
+        train(small(cifar_dir, tmp_path / folder, epochs=2, batch_size=batch_size, valid_size=0, save_interval=5))
+        return len(reads)
+
+    assert count(40, "a") == count(10, "b")  # 4 steps an epoch against 16
+
+
+def test_the_process_group_backend_follows_the_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _start_processes(torch.device("cpu")) == (1, 2, torch.device("cpu"))
+    assert calls == [("gloo", {})]  # a GPU on the machine does not matter: the device asked for does
+    calls.clear()
+    assert _start_processes(torch.device("cuda")) == (1, 2, torch.device("cuda", 1))
+    assert calls == [("set_device", torch.device("cuda", 1)), ("nccl", {"device_id": torch.device("cuda", 1)})]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _start_processes(torch.device("cpu")) == (0, 1, torch.device("cpu"))
+
+
+def test_epoch_lines_show_validation_accuracy_and_the_run_ends_with_a_summary(cifar_dir, tmp_path, capsys):
+    config = small(cifar_dir, tmp_path)
+    _, metrics = train(config)
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [line for line in lines if line.startswith("Epoch ")]
+    assert [line.split(" Validation accuracy ")[1] for line in epochs] == [f"{r['valid_acc']:.4f}" for r in metrics]
+    best = max(metrics, key=lambda r: r["valid_acc"])
+    assert lines[-1].startswith("Trained 3 epochs in ")
+    assert f"best {best['valid_acc']:.4f} (epoch {best['epoch']}), last {metrics[-1]['valid_acc']:.4f}" in lines[-1]
+    assert lines[-1].endswith(f"Checkpoints in {config.checkpoint_dir} (newest model-3.ckpt).")
+
+    _, again = train(dataclasses.replace(config, resume=True))  # a finished run: says so, trains nothing
+    lines = capsys.readouterr().out.splitlines()
+    assert again == metrics and not [line for line in lines if line.startswith("Epoch ")]
+    assert f"{config.checkpoint_dir} has finished all 3 epochs; nothing to train." in lines
+    assert lines[-1].startswith("Trained 3 epochs in ")
+
+
+def test_a_resumed_run_removes_the_mid_epoch_checkpoint_once_past_it(cifar_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def stop_at_step_3_of_epoch_2(self, world, device):
+        calls.append(1)
+        return len(calls) == 8 + 3  # 8 steps an epoch
+    monkeypatch.setattr(_StopRequests, "requested", stop_at_step_3_of_epoch_2)
+    config = small(cifar_dir, tmp_path, save_interval=1)
+    with pytest.raises(Interrupted, match="resume = True in a notebook") as stopped:
+        train(config)
+    modeldir = config.checkpoint_dir
+    assert stopped.value.path == modeldir / "model-2-step3.ckpt"
+    assert [p.name for p in list_checkpoints(modeldir)] == ["model-1.ckpt", "model-2-step3.ckpt"]
+    monkeypatch.undo()
+    train(dataclasses.replace(config, resume=True))
+    assert [p.name for p in list_checkpoints(modeldir)] == ["model-1.ckpt", "model-2.ckpt", "model-3.ckpt"]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_modeldir(tmp_path):
+    config = Config(data_dir=str(tmp_path / "no-data"), modeldir=str(tmp_path / "runs" / "new"), device="cpu")
+    with pytest.raises(Hw2Error):
+        train(config)  # no CIFAR-10 and no network here (or a failed download)
+    assert not (tmp_path / "runs" / "new").exists()
+
+
+def test_checkpoints_of_the_old_format_with_gpu_rng_states_resume(cifar_dir, tmp_path):
+    """Checkpoints once held the global RNG states, one per visible GPU, which nothing in training draws
+    from; a checkpoint written on an 8-GPU machine must resume on a machine with fewer."""
+    config = small(cifar_dir, tmp_path, save_interval=1)
+    uninterrupted, _ = train(dataclasses.replace(config, modeldir=str(tmp_path / "whole")))
+    train(dataclasses.replace(config, epochs=2, lr_milestones=[]))
+    path = config.checkpoint_dir / "model-2.ckpt"
+    old = load_checkpoint(path)
+    old["config"]["epochs"] = 3
+    old["rng"] = {"torch": torch.get_rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}
+    torch.save(old, path)
+    model, _ = train(dataclasses.replace(config, resume=True))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), uninterrupted.state_dict().values()))
