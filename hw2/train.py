@@ -95,8 +95,10 @@ class EpochTotals:
     """Loss, correct predictions and images of one epoch's stepped batches, summed on the device (adding to
     them never waits for it), and the seconds spent; `partial()` is what a mid-epoch checkpoint keeps."""
 
+    NONE = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}  # the totals of an epoch not yet begun
+
     def __init__(self, device, partial=None):
-        partial = partial or {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        partial = partial or self.NONE
         self.sums = torch.tensor([partial["loss"], partial["correct"], partial["seen"]], dtype=torch.float64,
                                  device=device)
         self.skipped = torch.zeros((), dtype=torch.long, device=device)
@@ -255,41 +257,19 @@ def _train(config, rank, world, device, modeldir, on_epoch):
     torch.manual_seed(config.seed)  # initialisation; batches and augmentation draw from their own generators
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    if main:
-        download(config.data_dir)
-    if world > 1:
-        dist.barrier()
-    x_train, y_train, _, _ = load_data(config.data_dir)
-    x_train, y_train, x_valid, y_valid = train_valid_split(x_train, y_train, config.valid_size, config.seed)
-    if config.train_subset:
-        x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
-    mean, std = channel_stats(x_train)
-    loader = Loader(x_train, y_train, config.batch_size // world, mean, std, device, training=True,
-                    seed=config.seed, rank=rank, world_size=world)
-    if len(loader) == 0:
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training images; "
-                            "lower --batch_size (batch_size in a notebook) or raise --train_subset")
-
+    loader, (x_valid, y_valid) = _load_data(config, rank, world, device)
     model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
     model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config.learning_rate, config.momentum, config.nesterov, config.weight_decay)
     scaler = grad_scaler(device, dtype)
-    metrics, start_epoch, start_step, partial = [], 0, 0, None
-    if config.resume:
-        path, checkpoint = latest_checkpoint(modeldir)
-        if checkpoint is not None:
-            check_architecture(checkpoint, config, path)
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if scaler is not None and checkpoint.get("scaler"):
-                scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
-            metrics, partial = checkpoint["metrics"], checkpoint["partial"]
-            if main:
-                print(f"Resuming from {path} (epoch {start_epoch}, step {start_step})", flush=True)
+    checkpoints = Checkpoints(modeldir, config, model, optimizer, scaler, loader)
+    start_epoch, start_step, metrics, partial = checkpoints.resume(verbose=main) if config.resume else (0, 0, [], None)
     metrics_file = MetricsFile(modeldir)
     if main:
         metrics_file.write(metrics)  # drops rows newer than the checkpoint
+        _warn_about_late_milestones(config)
+        if start_epoch == config.epochs:
+            print(f"{modeldir} has finished all {config.epochs} epochs; nothing to train.", flush=True)
 
     # `model` is the network itself (checkpointed, evaluated); `network` is what the steps run: the same
     # model, wrapped for data parallelism and compiled where asked
@@ -299,51 +279,20 @@ def _train(config, rank, world, device, modeldir, on_epoch):
     if config.compile:
         network = torch.compile(network)
 
-    def state(epoch, step, totals):
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                "config": dataclasses.asdict(config), "metrics": metrics, "partial": totals,
-                "mean": mean.tolist(), "std": std.tolist(), "scaler": scaler.state_dict() if scaler else {}}
-
-    def save(epoch, step, totals=None):
-        path = checkpoint_path(modeldir, epoch, step)
-        save_checkpoint(state(epoch - 1 if step else epoch, step, totals), path)
-        if not step:  # a whole-epoch checkpoint supersedes the mid-epoch ones of this and earlier epochs
-            for older in list_checkpoints(modeldir):
-                older_epoch, older_step = NAME.match(older.name).groups()
-                if older_step is not None and int(older_epoch) <= epoch:
-                    older.unlink()
-        return path
-
-    late = [m for m in config.lr_milestones if m >= config.epochs]
-    if main and late and config.lr_schedule == "step":
-        print(f"warning: lr_milestones {late} are not below epochs ({config.epochs}), so they never take effect; "
-              "set --lr_milestones (lr_milestones in a notebook) to change that", flush=True)
-    if main and start_epoch == config.epochs:
-        print(f"{modeldir} has finished all {config.epochs} epochs; nothing to train.", flush=True)
     with _StopRequests() as stop:
         for epoch in range(start_epoch, config.epochs):
-            network.train()
             totals = EpochTotals(device, partial)
-            batches = loader.batches(epoch, start_step, get_image_size(epoch, config))
-            bar = tqdm(batches, total=len(loader), initial=start_step, disable=not main,
-                       desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False)
-            for step, images, labels in bar:
-                for group in optimizer.param_groups:
-                    group["lr"] = get_lr(epoch + step / len(loader), config)
-                loss, logits, finite = train_step(network, optimizer, images, labels, device, dtype,
-                                                  config.label_smoothing, scaler)
-                totals.add(step, loss, logits, labels, finite)
-                if config.on_nan == "stop" and (step + 1) % CHECK_EVERY == 0:
-                    _check_finite(totals, config, epoch, modeldir)
-                if (world == 1 or (step + 1) % CHECK_EVERY == 0) and stop.requested(world, device):
-                    raise Interrupted(stop.signum or signal.SIGTERM,
-                                      save(epoch + 1, step + 1, totals.partial()) if main else None)
-            bar.close()
+            stopped_at = run_epoch(network, optimizer, scaler, loader, epoch, start_step, totals, config, dtype, stop,
+                                   modeldir, progress=main)
+            if stopped_at is not None:
+                path = checkpoints.save(metrics, epoch, stopped_at, totals.partial()) if main else None
+                raise Interrupted(stop.signum or signal.SIGTERM, path)
             skipped = _check_finite(totals, config, epoch, modeldir)
             start_step, partial = 0, None
             row = _epoch_row(epoch, optimizer, totals, world)
             if main and len(x_valid):
-                result = evaluate(model, x_valid, y_valid, mean, std, device=device, dtype=dtype, tta=config.tta)
+                result = evaluate(model, x_valid, y_valid, loader.mean, loader.std, device=device, dtype=dtype,
+                                  tta=config.tta)
                 row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
             row["seconds"] = totals.seconds()
             metrics.append(row)
@@ -353,12 +302,97 @@ def _train(config, rank, world, device, modeldir, on_epoch):
                     print(f"warning: skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite", flush=True)
                 print(_epoch_line(row), flush=True)
                 if (epoch + 1) % config.save_interval == 0 or epoch + 1 == config.epochs:
-                    save(epoch + 1, 0)
+                    checkpoints.save(metrics, epoch + 1)
                 if on_epoch:
                     on_epoch(metrics)
     if main:
         print(summary(metrics, modeldir), flush=True)
     return model, metrics
+
+
+def run_epoch(network, optimizer, scaler, loader, epoch, start_step, totals, config, dtype, stop, modeldir,
+              progress=True):
+    """Train epoch `epoch` (0-based) from step start_step, adding each step to totals -> None when the epoch
+    ran to its end, or the number of steps done when a stop was requested."""
+    network.train()
+    world, device = loader.world_size, loader.device
+    batches = loader.batches(epoch, start_step, get_image_size(epoch, config))
+    for step, images, labels in tqdm(batches, total=len(loader), initial=start_step, disable=not progress,
+                                     desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(epoch + step / len(loader), config)
+        loss, logits, finite = train_step(network, optimizer, images, labels, device, dtype, config.label_smoothing,
+                                          scaler)
+        totals.add(step, loss, logits, labels, finite)
+        if config.on_nan == "stop" and (step + 1) % CHECK_EVERY == 0:
+            _check_finite(totals, config, epoch, modeldir)
+        if (world == 1 or (step + 1) % CHECK_EVERY == 0) and stop.requested(world, device):
+            return step + 1
+    return None
+
+
+def _load_data(config, rank, world, device):
+    """-> (the training Loader of this process, (x_valid, y_valid)), the split and any subset as config says."""
+    if rank == 0:
+        download(config.data_dir)
+    if world > 1:
+        dist.barrier()  # the other processes read what rank 0 downloaded
+    x_train, y_train, _, _ = load_data(config.data_dir)
+    x_train, y_train, x_valid, y_valid = train_valid_split(x_train, y_train, config.valid_size, config.seed)
+    if config.train_subset:
+        x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
+    mean, std = channel_stats(x_train)
+    loader = Loader(x_train, y_train, config.batch_size // world, mean, std, device, training=True,
+                    seed=config.seed, rank=rank, world_size=world)
+    if len(loader) == 0:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training images; "
+                          "lower --batch_size (batch_size in a notebook) or raise --train_subset")
+    return loader, (x_valid, y_valid)
+
+
+class Checkpoints:
+    """Writing and reading the run's checkpoints: model, optimizer (and loss scaler), position in the run,
+    config, metrics so far, the normalisation statistics, and a mid-epoch checkpoint's running totals."""
+
+    def __init__(self, modeldir, config, model, optimizer, scaler, loader):
+        self.modeldir, self.config, self.model, self.optimizer, self.scaler = modeldir, config, model, optimizer, scaler
+        self.mean, self.std = loader.mean.flatten().tolist(), loader.std.flatten().tolist()
+
+    def save(self, metrics, epoch, step=0, partial=None):
+        """model-{epoch}.ckpt after `epoch` whole epochs, or model-{epoch + 1}-step{step}.ckpt inside the next."""
+        path = checkpoint_path(self.modeldir, epoch + 1 if step else epoch, step)
+        save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "epoch": epoch, "step": step, "config": dataclasses.asdict(self.config), "metrics": metrics,
+                         "partial": partial or EpochTotals.NONE, "mean": self.mean, "std": self.std,
+                         "scaler": self.scaler.state_dict() if self.scaler else {}}, path)
+        if not step:  # a whole-epoch checkpoint supersedes the mid-epoch ones of this and earlier epochs
+            for older in list_checkpoints(self.modeldir):
+                older_epoch, older_step = NAME.match(older.name).groups()
+                if older_step is not None and int(older_epoch) <= epoch:
+                    older.unlink()
+        return path
+
+    def resume(self, verbose):
+        """Load the newest readable checkpoint -> (epoch, step, metrics, partial totals); a fresh start when
+        there is none."""
+        path, checkpoint = latest_checkpoint(self.modeldir)
+        if checkpoint is None:
+            return 0, 0, [], None
+        check_architecture(checkpoint, self.config, path)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if verbose:
+            print(f"Resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint['step']})", flush=True)
+        return checkpoint["epoch"], checkpoint["step"], checkpoint["metrics"], checkpoint["partial"]
+
+
+def _warn_about_late_milestones(config):
+    late = [m for m in config.lr_milestones if m >= config.epochs]
+    if late and config.lr_schedule == "step":
+        print(f"warning: lr_milestones {late} are not below epochs ({config.epochs}), so they never take effect; "
+              "set --lr_milestones (lr_milestones in a notebook) to change that", flush=True)
 
 
 def _check_finite(totals, config, epoch, modeldir):

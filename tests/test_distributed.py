@@ -7,9 +7,13 @@ replica's parameters to rank{RANK}.pt.
 BatchNorm running statistics are not compared: DDP broadcasts rank 0's at the start of every forward
 pass, so after the last step each replica holds its own batch's update of them; rank 0's are the ones
 evaluated and checkpointed.
+
+A second run signals one process only: the processes compare stop requests every CHECK_EVERY steps (2
+here), so both stop at the same step and rank 0 writes the mid-epoch checkpoint.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +21,7 @@ from pathlib import Path
 import torch
 
 import hw2.augment
+import hw2.train
 from hw2.checkpoint import load_checkpoint
 from hw2.config import Config
 from hw2.train import train
@@ -33,6 +38,15 @@ def worker(settings, out):
         return augment(images, generator)
 
     hw2.augment.augment_batch = recording
+    if settings.pop("signal_rank_1", False):  # only rank 1 is signalled; the processes agree every 2 steps
+        hw2.train.CHECK_EVERY = 2
+        if rank == 1:
+            hw2.train._StopRequests.__enter__ = lambda self: setattr(self, "signum", signal.SIGTERM) or self
+        try:
+            train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")))
+        except hw2.train.Interrupted as e:
+            (Path(out) / f"interrupted{rank}").write_text(str(e.path))
+        return
     # each process gets its own modeldir, so that whatever a process other than rank 0 wrote would show
     model, _ = train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")))
     parameters = {name: p.detach() for name, p in model.named_parameters()}
@@ -40,13 +54,20 @@ def worker(settings, out):
     assert not torch.distributed.is_initialized(), "train() ends the process group it started"
 
 
-def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tmp_path):
-    settings = dict(resnet_size=1, first_num_filters=8, batch_size=40, epochs=2, valid_size=40, save_interval=1,
-                    data_dir=str(cifar_dir), device="cpu")
+SETTINGS = dict(resnet_size=1, first_num_filters=8, batch_size=40, epochs=2, lr_milestones=[1], valid_size=40,
+                save_interval=1, device="cpu")
+
+
+def torchrun(settings, out):
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          __file__, json.dumps(settings), str(tmp_path)],
+                          __file__, json.dumps(settings), str(out)],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
+    return run
+
+
+def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tmp_path):
+    run = torchrun({**SETTINGS, "data_dir": str(cifar_dir)}, tmp_path)
     replicas = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
     # identical weights: DDP averaged the gradients, so both replicas took the same steps
@@ -73,6 +94,15 @@ def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tm
         assert len(images(0, epoch)) == len(images(1, epoch)) == 80
         assert len(images(0, epoch) | images(1, epoch)) == 160
     assert images(0, 0) != images(0, 1)
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(cifar_dir, tmp_path):
+    torchrun({**SETTINGS, "data_dir": str(cifar_dir), "signal_rank_1": True}, tmp_path)
+    # rank 1 asked to stop before the first step; at step 2, where they compare, both stop; rank 0 writes
+    assert (tmp_path / "interrupted0").read_text() == str(tmp_path / "model0" / "model-1-step2.ckpt")
+    assert (tmp_path / "interrupted1").read_text() == "None"
+    checkpoint = load_checkpoint(tmp_path / "model0" / "model-1-step2.ckpt")
+    assert (checkpoint["epoch"], checkpoint["step"]) == (0, 2)
 
 
 if __name__ == "__main__":
