@@ -1,44 +1,100 @@
-"""Command line: python -m hw2 download | train | test. Flags are the Config fields, under their own names.
+"""Command line: python -m hw2 download | train | test. train's flags are the Config fields under their own
+names, explained by the Config's help (`python -m hw2 train --help`); test reads the network from the checkpoint.
 
-    python -m hw2 download
-    python -m hw2 train --resnet_version 1 --resnet_size 3 --epochs 182
-    python -m hw2 train --recipe fast            # ResNet-20 to about 86% in 26-28 minutes of a 2-core CPU
-    python -m hw2 test --resnet_version 1 --checkpoint 50 60
+    python -m hw2 train --recipe smoke --modeldir runs/smoke   # about a minute: does everything work?
+    python -m hw2 test --modeldir runs/smoke                   # the network and its tta come from the checkpoint
+    python -m hw2 train --resnet_version 1 --resnet_size 3     # He et al.'s 182 epochs: model_v1/
+    python -m hw2 train --recipe fast                          # ResNet-20 to about 86% in 26-28 minutes of a 2-core CPU
+    python -m hw2 test --modeldir model_v1 --checkpoint 50 60
 """
 import argparse
 import dataclasses
+import functools
 import sys
 
-from hw2.checkpoint import CheckpointError
-from hw2.data import CLASSES, DataError, download, load_data
+from hw2.checkpoint import ARCHITECTURE
+from hw2.config import RECIPES, Config, help_text
+from hw2.data import CLASSES, TEST_BATCH, download, load_test_data
+from hw2.errors import Hw2Error
 from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
-from hw2.config import FAST_RECIPE, RECIPES, Config
+from hw2.runtime import resolve_device, resolve_dtype
 from hw2.train import Interrupted, train
 
 
-
-def add_config_flags(parser):
-    """One --flag per Config field, typed from its default."""
-    for f in dataclasses.fields(Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(default, bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, list):
-            parser.add_argument(f"--{f.name}", type=int, nargs="*", default=default, metavar="EPOCH")
-        else:
-            parser.add_argument(f"--{f.name}", type=type(default), default=default)
+def format_default(value):
+    """A default as it is typed on the command line: `91 136` for a list, `''` for the empty string."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return repr(value) if value == "" else str(value)
 
 
-def config_from(args):
-    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Ends each flag's help with its default, unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
+            return action.help
+        return f"{action.help} (default: {format_default(action.default)})"
 
 
-def test(config, epochs):
-    """Print the test accuracy of each checkpoint epoch (default: the newest checkpoint)."""
-    paths = checkpoints_to_test(config.checkpoint_dir, epochs)
-    download(config.data_dir)
-    _, _, x_test, y_test = load_data(config.data_dir)
-    results = evaluate_checkpoints(paths, x_test, y_test, config.device, config.dtype, config.tta, config)
+def add_flag(parser, name, **overrides):
+    """--name for the Config field `name`: typed from its default, explained by its help."""
+    field = Config.__dataclass_fields__[name]
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    flag = dict(default=default, help=help_text(name))
+    if isinstance(default, bool):
+        flag.update(action=argparse.BooleanOptionalAction)
+    elif isinstance(default, list):
+        flag.update(type=int, nargs="*", metavar="EPOCH")
+    else:
+        flag.update(type=type(default), metavar={int: "N", float: "X", str: "TEXT"}[type(default)])
+    parser.add_argument(f"--{name}", **{**flag, **overrides})
+
+
+def build_parser():
+    """-> (the parser, its train subparser, whose defaults a --recipe changes)."""
+    parser = argparse.ArgumentParser(prog="python -m hw2", description="ResNet v1/v2 on CIFAR-10 (He et al.)",
+                                     allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(commands.add_parser, allow_abbrev=False, formatter_class=_HelpWithDefaults)
+
+    fetch = command("download", help="download and extract CIFAR-10 into --data_dir")
+    add_flag(fetch, "data_dir")
+
+    trainer = command("train", help="train a network, writing checkpoints and metrics.csv to --modeldir")
+    recipes = "; ".join(f"{name}: " + (", ".join(f"{k}={format_default(v)}" for k, v in recipe.items())
+                                       or "He et al.'s recipe, the defaults below") for name, recipe in RECIPES.items())
+    trainer.add_argument("--recipe", choices=RECIPES, default="he",
+                         help=f"start from a recipe ({recipes}); the flags given still override it")
+    for field in dataclasses.fields(Config):
+        add_flag(trainer, field.name)
+
+    tester = command("test", help="test accuracy of checkpoints in --modeldir (the network as each was trained)")
+    tester.add_argument("--checkpoint", type=int, nargs="+", metavar="EPOCH",
+                        help="epochs of the checkpoints to test (default: the newest checkpoint)")
+    for name in ("modeldir", "data_dir", "device", "dtype"):
+        add_flag(tester, name)
+    add_flag(tester, "tta", default=None, help=f"{help_text('tta')} (default: as the checkpoint was trained)")
+    for name in ARCHITECTURE:  # read from the checkpoint: given, they only check it
+        add_flag(tester, name, default=argparse.SUPPRESS,
+                 help=f"{help_text(name)} (default: the checkpoint's; given, the checkpoint must have it)")
+    return parser, trainer
+
+
+def test(args):
+    """Print the test accuracy of each checkpoint (default: the newest), and its accuracy on each class."""
+    given = vars(args)
+    config = Config(**{name: given[name] for name in ("modeldir", "data_dir", "device", "dtype", "resnet_version")
+                       if name in given})  # checks them, and gives the default modeldir
+    paths = checkpoints_to_test(config.checkpoint_dir, args.checkpoint)
+    device = resolve_device(config.device)
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    print(f"Testing {', '.join(p.name for p in paths)} of {config.checkpoint_dir} on the CIFAR-10 test batch in "
+          f"{config.data_dir} ({device}, {dtype})", flush=True)
+    download(config.data_dir, need=[TEST_BATCH])
+    x_test, y_test = load_test_data(config.data_dir)
+    architecture = {name: given[name] for name in ARCHITECTURE if name in given}
+    results = evaluate_checkpoints(paths, x_test, y_test, device, config.dtype, args.tta, architecture)
     for path, result in zip(paths, results):
         print(f"Per-class test accuracy of {path.name}:")
         for name, accuracy in zip(CLASSES, result["per_class_accuracy"].tolist()):
@@ -46,19 +102,7 @@ def test(config, epochs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hw2", description="ResNet v1/v2 on CIFAR-10 (He et al.)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    fetch = commands.add_parser("download", help="download and extract CIFAR-10 into --data_dir")
-    fetch.add_argument("--data_dir", default=Config.data_dir)
-    trainer = commands.add_parser("train", help="train a network, writing checkpoints and metrics.csv to --modeldir")
-    trainer.add_argument("--recipe", choices=RECIPES, default="he",
-                         help="he: He et al.'s 182-epoch recipe (default); fast: " +
-                              ", ".join(f"{k}={v}" for k, v in FAST_RECIPE.items()) + " (flags still override)")
-    tester = commands.add_parser("test", help="test accuracy of checkpoints in --modeldir")
-    tester.add_argument("--checkpoint", type=int, nargs="+", metavar="EPOCH", help="checkpoint epochs (default: newest)")
-    for sub in (trainer, tester):
-        add_config_flags(sub)
-
+    parser, trainer = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "download":
@@ -66,17 +110,17 @@ def main(argv=None):
         elif args.command == "train":
             trainer.set_defaults(**RECIPES[args.recipe])
             args = parser.parse_args(argv)  # again, so that explicit flags win over the recipe
-            train(config_from(args))
+            train(Config(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Config)}))
         else:
-            test(config_from(args), args.checkpoint)
+            test(args)
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("stopped at once; the checkpoints already in modeldir are intact (continue with --resume)", file=sys.stderr)
+        intact = "; the checkpoints already in modeldir are intact (continue with --resume)"
+        print(f"stopped at once{intact if args.command == 'train' else ''}", file=sys.stderr)
         return 130
-    except (ValueError, DataError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError,
-            RuntimeError, FloatingPointError) as e:
+    except Hw2Error as e:  # expected failures, each with what to do; anything else keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,20 +3,28 @@ interleaved in one run, as one JSON object on stdout.
 
     python -m hw2.bench                                   # ResNet-20 (version 1), batch 128
     python -m hw2.bench --resnet_version 2 --resnet_size 3
+    python -m hw2.bench --device cuda --compile --steps 50 --eval_images 10000
 
 Images per second, medians over --windows timed windows after --warmup ones, each window running in turn:
   hw2 train      the training loop end to end: Loader (uint8 on the device, batched augmentation),
-                 autocast forward, loss, backward, SGD step
+                 autocast forward, loss, backward, fused SGD step (float16: with a GradScaler)
   hw2 step       the same step alone on one ready batch
-  hw2 eval       hw2.evaluate.evaluate on --eval_images test images (BatchNorm folded into the
-                 convolutions, batches of 64 on a CPU)
+  hw2 eval       hw2.evaluate.evaluate on --eval_images test images with BatchNorm already folded into
+                 the convolutions (batches of 64 on a CPU, 1,024 on a GPU)
   reference      the same three done plainly: a per-image numpy parse_record loop, float32 NCHW, and
                  evaluation one image at a time
+Folding BatchNorm (a torch.fx trace, done once per evaluation in training) is timed on its own, once a
+window, outside the evaluation window: fold_batchnorm_seconds.
 FLOP rates are model FLOPs (forward counted once with FlopCounterMode; a training step as 3x forward)
-beside bfloat16 and float32 n x n matmul rates measured in the same run (n doubled up to where three take
-0.2 s). Peak memory is this process's maximum resident size on CPU (data set, both networks), the most
-allocated on CUDA. The data is real CIFAR-10 when --data_dir holds it, else random uint8 images of the
-same shape (the "data" field says which).
+beside bfloat16, float16 and float32 n x n matmul rates measured in the same run (n doubled up to where
+three take 0.2 s). Peak memory is this process's maximum resident size on CPU (data set, both networks),
+the most allocated on CUDA. On CUDA each window ends with a synchronize, so it times the device's work.
+The data is CIFAR-10 when --data_dir holds it (labelled as hw2.data.data_label names it), else random
+uint8 images of the same shape (the "data" field says which).
+
+float16 on a CPU: autocast runs it, but without native float16 instructions (AVX512-FP16, AMX-FP16)
+oneDNN falls back to reference kernels (a ResNet-20 step measured 16x slower than float32 on a 2-core
+AVX512-BF16 EPYC); it is meant for GPUs before compute capability 8.0 (a Colab T4).
 """
 import argparse
 import json
@@ -31,11 +39,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hw2.augment import Loader, channel_stats, parse_record
-from hw2.data import BATCH_DIR, load_data
-from hw2.evaluate import evaluate
+from hw2.data import BATCH_DIR, data_label, load_data
+from hw2.evaluate import evaluate, fold_batchnorm
 from hw2.models import ResNet
-from hw2.runtime import resolve_device, resolve_dtype
-from hw2.train import train_step
+from hw2.runtime import DTYPES, grad_scaler, resolve_device, resolve_dtype, use_fastest_kernels
+from hw2.train import make_optimizer, train_step
 
 
 def sync(device):
@@ -43,16 +51,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def images_per_second(run, images, device):
+def timed(run, device):
+    """Wall time of run(), the device's queued work included."""
     sync(device)
     start = time.perf_counter()
     run()
     sync(device)
-    return images / (time.perf_counter() - start)
-
-
-def sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return time.perf_counter() - start
 
 
 def hw2_batches(loader):
@@ -112,13 +117,21 @@ def matmul_gflops(device, dtype, seconds=0.2, largest=8192):
         n *= 2
 
 
-def processor_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_name():
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
              if line.startswith("model name")] if cpuinfo.exists() else []
     return names[0] if names else platform.machine()
+
+
+def processor(device):
+    """What runs the networks, and whether it has native bfloat16 (what dtype auto goes by)."""
+    native_bf16 = resolve_dtype("auto", device) == torch.bfloat16
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return {"processor": torch.cuda.get_device_name(device), "cuda_capability": f"{major}.{minor}",
+                "native_bfloat16": native_bf16, "host_cpu": cpu_name(), "cuda": torch.version.cuda}
+    return {"processor": cpu_name(), "native_bfloat16": native_bf16}
 
 
 def peak_memory_mib(device):
@@ -128,9 +141,9 @@ def peak_memory_mib(device):
 
 
 def load(data_dir, seed):
-    """(x_train, y_train, x_test, y_test, description): real CIFAR-10 if data_dir holds it, else random."""
+    """(x_train, y_train, x_test, y_test, description): CIFAR-10 if data_dir holds it, else random."""
     if (Path(data_dir) / BATCH_DIR).is_dir():
-        return (*load_data(data_dir), f"CIFAR-10 from {data_dir}")
+        return (*load_data(data_dir), f"{data_label(data_dir)} from {data_dir}")
     rng = np.random.default_rng(seed)
     x_train, x_test = (rng.integers(0, 256, (n, 3072), dtype=np.uint8) for n in (50000, 10000))
     y_train, y_test = (rng.integers(0, 10, n) for n in (50000, 10000))
@@ -143,14 +156,15 @@ def main(argv=None):
     parser.add_argument("--resnet_size", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
-                        help="hw2's precision (auto: bfloat16 where the device runs it fast); the reference is float32")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                        help="hw2's precision (auto: as training picks it); the reference is float32. "
+                             "float16 on a CPU without native float16 is very slow (see above)")
     parser.add_argument("--compile", action="store_true", help="torch.compile hw2's training network")
     parser.add_argument("--steps", type=int, default=4, help="training steps in each timed window")
     parser.add_argument("--eval_images", type=int, default=2000, help="images hw2 evaluates a window")
     parser.add_argument("--ref_eval_images", type=int, default=256, help="images the reference evaluates a window")
     parser.add_argument("--windows", type=int, default=7, help="timed windows (medians are taken over them)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed windows first")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed windows first (torch.compile compiles in them)")
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -163,6 +177,7 @@ def main(argv=None):
     except (ValueError, RuntimeError) as e:
         parser.error(f"--device {args.device}: {e}")
     dtype = resolve_dtype(args.dtype, device)
+    use_fastest_kernels(device)  # as training does
     torch.manual_seed(args.seed)
     x_train, y_train, x_test, y_test, data = load(args.data_dir, args.seed)
     mean, std = channel_stats(x_train)
@@ -172,22 +187,27 @@ def main(argv=None):
 
     model = ResNet(args.resnet_version, args.resnet_size).to(device, memory_format=torch.channels_last)
     network = torch.compile(model) if args.compile else model
-    optimizer = sgd(model)
+    optimizer, scaler = make_optimizer(model), grad_scaler(device, dtype)
     batches = hw2_batches(Loader(x_train, y_train, batch, mean, std, device, training=True, seed=args.seed))
     ready = next(batches)
+    folded = fold_batchnorm(model)  # refolded once a window, outside the evaluation window
 
     reference = ResNet(args.resnet_version, args.resnet_size).to(device)
-    ref_optimizer = sgd(reference)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     ref_batches = reference_batches(x_train, y_train, batch, mean, std, np.random.default_rng(args.seed))
     ref_ready = [t.to(device) for t in next(ref_batches)]
 
     def hw2_train():
         for _ in range(steps):
-            train_step(network, optimizer, *next(batches), device, dtype)
+            train_step(network, optimizer, *next(batches), device, dtype, scaler=scaler)
 
     def hw2_step():
         for _ in range(steps):
-            train_step(network, optimizer, *ready, device, dtype)
+            train_step(network, optimizer, *ready, device, dtype, scaler=scaler)
+
+    def hw2_fold():
+        nonlocal folded
+        folded = fold_batchnorm(model)
 
     def ref_train():
         for _ in range(steps):
@@ -198,31 +218,38 @@ def main(argv=None):
         for _ in range(steps):
             train_step(reference, ref_optimizer, *ref_ready, device, torch.float32)
 
-    runs = [  # (program, task, one window, images in it), in the order the windows interleave
+    runs = [  # (program, task, one window, images in it: None for the fold, reported in seconds)
         ("hw2", "train", hw2_train, steps * batch),
         ("reference", "train", ref_train, steps * batch),
         ("hw2", "step", hw2_step, steps * batch),
         ("reference", "step", ref_step, steps * batch),
-        ("hw2", "eval", lambda: evaluate(model, x_eval, y_eval, mean, std, device=device, dtype=dtype), len(x_eval)),
+        ("hw2", "fold", hw2_fold, None),
+        ("hw2", "eval", lambda: evaluate(folded, x_eval, y_eval, mean, std, device=device, dtype=dtype, fold=False),
+         len(x_eval)),
         ("reference", "eval", lambda: reference_evaluate(reference, x_ref_eval, y_ref_eval, mean, std, device),
          len(x_ref_eval)),
     ]
-    samples = {program: {task: [] for task in ("train", "step", "eval")} for program in ("hw2", "reference")}
+    samples = {program: {task: [] for _, task, _, images in runs if images} for program in ("hw2", "reference")}
+    fold_seconds = []
     for window in range(args.warmup + args.windows):
         for program, task, run, images in runs:
-            rate = images_per_second(run, images, device)
-            if window >= args.warmup:
-                samples[program][task].append(rate)
+            elapsed = timed(run, device)
+            if window < args.warmup:
+                continue
+            if images:
+                samples[program][task].append(images / elapsed)
+            else:
+                fold_seconds.append(elapsed)
 
     median = {program: {task: statistics.median(rates) for task, rates in tasks.items()}
               for program, tasks in samples.items()}
     flops = forward_flops(args.resnet_version, args.resnet_size)
-    matmul = {str(t).removeprefix("torch."): matmul_gflops(device, t) for t in (torch.bfloat16, torch.float32)}
+    matmul = {name: matmul_gflops(device, t) for name, t in DTYPES.items()}
     result = {
         "model": f"ResNet-{model.depth} (version {args.resnet_version}, resnet_size {args.resnet_size})",
         "batch_size": batch,
         "device": str(device),
-        "processor": processor_name(device),
+        **processor(device),
         "dtype": str(dtype).removeprefix("torch."),
         "reference_dtype": "float32",
         "threads": torch.get_num_threads(),
@@ -234,6 +261,7 @@ def main(argv=None):
         "img_per_s": median,
         "img_per_s_windows": {program: {task: [round(r, 1) for r in rates] for task, rates in tasks.items()}
                               for program, tasks in samples.items()},
+        "fold_batchnorm_seconds": statistics.median(fold_seconds),
         "ratios": {
             "hw2_train_end_to_end_over_step": median["hw2"]["train"] / median["hw2"]["step"],
             "train_hw2_over_reference": median["hw2"]["train"] / median["reference"]["train"],

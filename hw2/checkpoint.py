@@ -1,8 +1,10 @@
 """Checkpoints that survive crashes: atomic writes, safe loading, finding the newest, one run per modeldir.
 
-A checkpoint is a dict of tensors and plain Python values (model, optimizer, position in the run, RNG
-states, config, metrics so far), so it loads with torch.load(weights_only=True): opening one cannot run code.
+A checkpoint is a dict of tensors and plain Python values (model, optimizer, position in the run, config,
+metrics so far), so it loads with torch.load(weights_only=True): opening one cannot run code.
 """
+import contextlib
+import fcntl
 import os
 import re
 import warnings
@@ -10,12 +12,10 @@ from pathlib import Path
 
 import torch
 
+from hw2.errors import CheckpointError, ModeldirBusy
+
 NAME = re.compile(r"^model-(\d+)(?:-step(\d+))?\.ckpt$")
 ARCHITECTURE = ("resnet_version", "resnet_size", "first_num_filters", "num_classes")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable or does not fit the config; the message names the file and the mismatch."""
 
 
 def checkpoint_path(modeldir, epoch, step=0):
@@ -41,7 +41,8 @@ def list_checkpoints(modeldir):
 
 def save_checkpoint(state, path):
     """Write to a temporary file in the same folder, fsync, then rename over `path`: a crash or a full disk
-    mid-write leaves the previous file intact, never a truncated checkpoint."""
+    mid-write leaves the previous file intact, never a truncated checkpoint. A failed write is a
+    CheckpointError that names the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -50,8 +51,13 @@ def save_checkpoint(state, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path} ({e.strerror or e}); the checkpoints already in "
+                              f"{path.parent} are intact. Make room or make it writable, then continue with "
+                              "--resume (resume = True in a notebook)") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a leftover temporary file is harmless; the error above is not
+            tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -59,69 +65,110 @@ def save_checkpoint(state, path):
         os.close(dir_fd)
 
 
-def load_checkpoint(path, map_location="cpu"):
+def _read(path):
+    """The checkpoint at path, loaded on the CPU; a CheckpointError that says why it cannot be used otherwise."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable hw2 checkpoint (truncated or corrupt?): {e}") from e
+    except Exception as e:  # torch's own message advises weights_only=False: wrong for a damaged file, unsafe
+        raise CheckpointError(f"{path} is damaged (truncated or overwritten) or not an hw2 checkpoint "
+                              f"({type(e).__name__})") from None
+    if not (isinstance(checkpoint, dict) and {"model", "config"} <= checkpoint.keys()):
+        raise CheckpointError(f"{path} is not an hw2 checkpoint: it has no model and config")
+    return checkpoint
+
+
+def _first_readable(paths):
+    """(path, checkpoint) of the first of `paths` that loads, or (None, None); and the errors of those before."""
+    errors = []
+    for path in paths:
+        try:
+            return path, _read(path), errors
+        except CheckpointError as e:
+            errors.append(e)
+    return None, None, errors
+
+
+def load_checkpoint(path):
+    """The checkpoint at path, loaded on the CPU. One that cannot be used is a CheckpointError that names the
+    newest readable checkpoint beside it."""
+    path = Path(path)
+    try:
+        return _read(path)
+    except CheckpointError as e:
+        others = [p for p in reversed(list_checkpoints(path.parent)) if p != path]
+        fallback, _, _ = _first_readable(others)
+        instead = (f"the newest readable checkpoint there is {fallback}" if fallback
+                   else f"{path.parent} holds no other readable checkpoint")
+        raise CheckpointError(f"{e}; {instead}") from None
 
 
 def latest_checkpoint(modeldir):
     """(path, checkpoint) of the newest checkpoint in modeldir that loads, or (None, None). A damaged
     newer file is skipped with a warning, so a run resumes from the last good one."""
-    for path in reversed(list_checkpoints(modeldir)):
-        try:
-            return path, load_checkpoint(path)
-        except CheckpointError as e:
-            warnings.warn(f"skipping {e}")
-    return None, None
+    path, checkpoint, errors = _first_readable(reversed(list_checkpoints(modeldir)))
+    for e in errors:
+        warnings.warn(f"skipped: {e}")
+    return path, checkpoint
 
 
-def check_architecture(checkpoint, config, path):
-    """Raise CheckpointError unless the checkpoint's network is the one config describes."""
+def check_architecture(checkpoint, expected, path):
+    """Raise CheckpointError unless the checkpoint's network is the `expected` one: a Config, or a dict of
+    some of the ARCHITECTURE fields (the ones a user gave)."""
+    if not isinstance(expected, dict):
+        expected = {k: getattr(expected, k) for k in ARCHITECTURE}
     saved = checkpoint["config"]
-    if any(saved[k] != getattr(config, k) for k in ARCHITECTURE):
+    wrong = {k: v for k, v in expected.items() if saved[k] != v}
+    if wrong:
         have = ", ".join(f"{k} {saved[k]}" for k in ARCHITECTURE)
-        want = ", ".join(str(getattr(config, k)) for k in ARCHITECTURE)
-        raise CheckpointError(f"{path}: checkpoint is {have}; config asks for {want}")
+        want = ", ".join(f"{k} {v}" for k, v in wrong.items())
+        raise CheckpointError(f"{path} holds a network with {have}, not {want}: pass the values it was trained "
+                              "with, or choose another --modeldir (modeldir = ... in a notebook)")
 
 
 class ModeldirLock:
-    """modeldir/.lock holds the PID of the run that owns the folder. A second run refuses to start; a lock
-    left by a process that no longer exists is taken over."""
+    """Context manager: one training run per modeldir. The run holds an exclusive flock on modeldir/.lock,
+    which also holds its PID for the message a second run gets. The kernel releases the lock when the
+    process ends, however it ends, so a crashed run leaves no stale lock."""
 
     def __init__(self, modeldir):
         self.path = Path(modeldir) / ".lock"
+        self.file = None
 
     def __enter__(self):
         while True:
+            file = open(self.path, "a+")
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise RuntimeError(f"{self.path.parent} is in use by another training run (PID {pid}); "
-                                       "wait for it, stop it, or choose another --modeldir") from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                pid = file.read().strip()
+                file.close()
+                owner = f" (PID {pid})" if pid else ""
+                raise ModeldirBusy(f"{self.path.parent} is in use by another training run{owner}; wait for it, "
+                                   "stop it, or choose another --modeldir (modeldir = ... in a notebook)") from None
+            if _same_file(file, self.path):
+                break
+            file.close()  # the owner removed it after we opened it (see __exit__): lock the new one
+        file.truncate(0)
+        file.write(str(os.getpid()))
+        file.flush()
+        self.file = file
+        return self
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        # Remove the file while still holding the lock (a run that opened it meanwhile sees that and
+        # retries), then unlock it for every process that shares the open file (forked ones too). A leftover
+        # .lock is harmless, so failing to remove it must not hide an exception in flight.
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
-def _alive(pid):
+def _same_file(file, path):
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True

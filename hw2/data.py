@@ -3,6 +3,7 @@
 Pixels stay uint8 ([N, 3072], R, G, B planes as stored: 150 MB for the whole set instead of 600 MB of
 float32); labels are int64.
 """
+import contextlib
 import hashlib
 import os
 import pickle
@@ -16,24 +17,23 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hw2.errors import DataError
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
+BATCHES = TRAIN_BATCHES + [TEST_BATCH]
 OFFICIAL_TEST_MD5 = "40351d587109b95175f43aff81a1287e"
 STANDIN_TEST_MD5 = "79676a833a3397004ae3dc81cc7f2d25"  # ../shared/data/make_cifar10.py, pillow 13, numpy 2.4
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-class DataError(RuntimeError):
-    """The CIFAR-10 files are missing, damaged or not CIFAR-10; the message says which and what to do."""
-
-
-def _have_batches(data_dir):
+def _have_batches(data_dir, names=BATCHES):
     folder = Path(data_dir) / BATCH_DIR
-    return all((folder / name).is_file() for name in TRAIN_BATCHES + [TEST_BATCH])
+    return all((folder / name).is_file() for name in names)
 
 
 def md5sum(path):
@@ -68,34 +68,38 @@ def _safe_extract(archive, dest):
                     raise DataError(f"{archive}: refusing archive member that is a link or device: {m.name!r}")
             tar.extractall(dest, members=members)
     except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, DataError):
-            raise
         raise DataError(f"{archive} is truncated or corrupt ({e}); delete it and run "
                         "`python -m hw2 download` again") from e
 
 
-def download(data_dir="data", url=CIFAR10_URL, md5=CIFAR10_MD5):
-    """Make sure data_dir/cifar-10-batches-py/ holds CIFAR-10; return that folder.
+def download(data_dir="data", url=CIFAR10_URL, md5=CIFAR10_MD5, need=BATCHES):
+    """Make sure data_dir/cifar-10-batches-py/ holds CIFAR-10 (at least the batches in `need`); return that
+    folder.
 
     Does nothing when the batches are already there. Otherwise uses data_dir/cifar-10-python.tar.gz
     if a manually fetched archive lies there, else downloads it from url. The archive's MD5 is checked
     before anything is extracted, and extraction goes to a temporary folder that replaces nothing until
-    it is complete, so a bad archive leaves existing files alone.
+    it is complete, so a bad archive leaves existing files alone. A failed download leaves nothing behind,
+    not even the folders it created for it.
     """
     data_dir = Path(data_dir)
     folder = data_dir / BATCH_DIR
-    if _have_batches(data_dir):
+    if _have_batches(data_dir, need):
         return folder
-    data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / ARCHIVE_NAME
     if not archive.exists():
+        created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]  # deepest first
+        data_dir.mkdir(parents=True, exist_ok=True)
         partial = archive.with_name(ARCHIVE_NAME + ".part")
         try:
             _fetch(url, partial)
         except (urllib.error.URLError, OSError) as e:
             partial.unlink(missing_ok=True)
+            for p in created:
+                with contextlib.suppress(OSError):  # never hides the error below
+                    p.rmdir()
             raise DataError(
-                f"CIFAR-10 is not in {folder} and could not be downloaded from {url} ({e}).\n"
+                f"CIFAR-10 is not in {folder} and could not be downloaded from {url} ({e}). "
                 f"Run `python -m hw2 download --data_dir {data_dir}` where there is internet, or fetch the archive "
                 f"by hand (MD5 {md5}) and put it at {archive}; it is extracted on the next run.") from e
         os.replace(partial, archive)
@@ -121,9 +125,17 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
     }
 
+    # What Python 3's pickle writes for byte strings (protocol 2) and for arrays (protocol 5, its default).
+    PYTHON3 = {("_codecs", "encode"), ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer")}
+
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
+        if (module, name) in self.PYTHON3:
+            raise pickle.UnpicklingError(
+                f"it was pickled by Python 3 (it calls {module}.{name}), and CIFAR-10 batches are Python 2 cPickle "
+                "files (protocol 2, byte strings), as in the official archive: use the official files "
+                "(`python -m hw2 download`), or write the batch dict with pickle.dump(batch, f, protocol=4)")
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
 
 
@@ -156,10 +168,16 @@ def load_data(data_dir="data"):
     x_test [10000, 3072], y_test [10000]."""
     folder = Path(data_dir) / BATCH_DIR
     train = [read_batch(folder / name) for name in TRAIN_BATCHES]
-    x_test, y_test = read_batch(folder / TEST_BATCH)
+    x_test, y_test = load_test_data(data_dir)
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return x_train, y_train, x_test, y_test
+
+
+def load_test_data(data_dir="data"):
+    """Read data_dir/cifar-10-batches-py/test_batch alone -> x_test [10000, 3072] uint8, y_test [10000] int64:
+    testing needs nothing else, so a damaged training batch does not stop it."""
+    return read_batch(Path(data_dir) / BATCH_DIR / TEST_BATCH)
 
 
 def data_label(data_dir="data"):

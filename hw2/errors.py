@@ -8,3 +8,23 @@ class Hw2Error(Exception):
 
 class ConfigError(Hw2Error, ValueError):
     """A Config field (a flag, a notebook parameter) has a value it cannot take."""
+
+
+class DataError(Hw2Error):
+    """The CIFAR-10 files are missing, damaged or not CIFAR-10, or cannot be downloaded."""
+
+
+class CheckpointError(Hw2Error):
+    """A checkpoint is missing, unreadable, not an hw2 checkpoint, of another network, or cannot be written."""
+
+
+class ModeldirError(Hw2Error):
+    """The modeldir cannot be used: not writable, or holding another run's checkpoints."""
+
+
+class ModeldirBusy(ModeldirError):
+    """Another training run holds the modeldir's lock."""
+
+
+class TrainingDiverged(Hw2Error):
+    """The loss became infinite or NaN."""

@@ -59,6 +59,13 @@ def resolve_dtype(dtype, device):
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
+def use_fastest_kernels(device):
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest (the
+    shapes repeat every step)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def autocast(device, dtype):
     """Autocast to bfloat16 or float16 for the forward pass, or nothing for float32."""
     if dtype == torch.float32:

@@ -27,7 +27,7 @@ from hw2.data import download, load_data, train_valid_split
 from hw2.errors import ConfigError, Hw2Error, ModeldirError, TrainingDiverged
 from hw2.evaluate import evaluate
 from hw2.models import ResNet
-from hw2.runtime import autocast, grad_scaler, resolve_device, resolve_dtype
+from hw2.runtime import autocast, grad_scaler, resolve_device, resolve_dtype, use_fastest_kernels
 
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
 CHECK_EVERY = 50  # steps between the host's looks at the device's non-finite count and at the stop flag across processes
@@ -212,8 +212,7 @@ def _own_modeldir(config):
             yield modeldir
     except BaseException:
         if created and not list_checkpoints(modeldir):
-            for leftover in ("metrics.csv", ".lock"):
-                (modeldir / leftover).unlink(missing_ok=True)
+            (modeldir / "metrics.csv").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 modeldir.rmdir()
         raise
@@ -255,8 +254,7 @@ def _train(config, rank, world, device, modeldir, on_epoch):
     main = rank == 0
     dtype = resolve_dtype(config.dtype, device)
     torch.manual_seed(config.seed)  # initialisation; batches and augmentation draw from their own generators
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    use_fastest_kernels(device)
     loader, (x_valid, y_valid) = _load_data(config, rank, world, device)
     model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
     model.to(device, memory_format=torch.channels_last)
@@ -425,7 +423,7 @@ def _epoch_line(row):
 def summary(metrics, modeldir):
     """One line on a finished run: epochs, time, best and last validation accuracy, where the checkpoints are."""
     minutes = sum(row["seconds"] for row in metrics) / 60
-    text = f"Trained {len(metrics)} epochs in {minutes:.1f} minutes"
+    text = f"Trained {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {minutes:.1f} minutes"
     valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
     if valid:
         best = max(valid, key=lambda row: row["valid_acc"])

@@ -1,22 +1,25 @@
-"""Shared fixtures: a small synthetic CIFAR-10 in the official layout (and as an archive served from
-127.0.0.1), and the real CIFAR-10 stand-in when it has been prepared in data/."""
+"""Shared fixtures and helpers: a small synthetic CIFAR-10 in the official layout (and an HTTP server on
+127.0.0.1 to download it from), the real CIFAR-10 stand-in when it has been prepared in data/, the Config
+of a seconds-long training run, and checkpoints of untrained networks."""
+import dataclasses
 import functools
-import hashlib
 import http.server
 import io
 import pickle
 import struct
-import tarfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from hw2 import REPO_ROOT
-from hw2.data import BATCH_DIR, TEST_BATCH, TRAIN_BATCHES
+from hw2.checkpoint import save_checkpoint
+from hw2.config import Config
+from hw2.data import BATCH_DIR, BATCHES, TEST_BATCH
+from hw2.models import ResNet
 
-REAL_DATA = REPO_ROOT / "data"
+REAL_DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def synthetic_batch(n, seed):
@@ -57,16 +60,9 @@ def py2_pickle(obj):
 def write_cifar(root, per_batch=40):
     folder = Path(root) / BATCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for seed, name in enumerate(TRAIN_BATCHES + [TEST_BATCH]):
+    for seed, name in enumerate(BATCHES):
         (folder / name).write_bytes(py2_pickle(synthetic_batch(per_batch, seed)))
     return Path(root)
-
-
-def make_archive(path, folder):
-    """tar.gz of folder/cifar-10-batches-py -> (path, md5)."""
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(Path(folder) / BATCH_DIR, arcname=BATCH_DIR)
-    return path, hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -102,9 +98,23 @@ def http_server(tmp_path):
     server.server_close()
 
 
-def tar_with(path, members):
-    """A tar.gz with the given (TarInfo, bytes-or-None) members -> (path, md5)."""
-    with tarfile.open(path, "w:gz") as tar:
-        for info, payload in members:
-            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
-    return path, hashlib.md5(Path(path).read_bytes()).hexdigest()
+def small_config(cifar_dir, tmp_path, **overrides):
+    """The Config of a seconds-long run: ResNet-8 at 8 filters on 160 synthetic training images (40 held
+    out), writing to tmp_path/model. Milestones past the epochs asked for are dropped."""
+    settings = dict(resnet_size=1, first_num_filters=8, batch_size=20, epochs=3, learning_rate=0.05,
+                    lr_milestones=[2], valid_size=40, save_interval=2, data_dir=str(cifar_dir),
+                    modeldir=str(tmp_path / "model"), device="cpu")
+    settings.update(overrides)
+    settings["lr_milestones"] = [m for m in settings["lr_milestones"] if m < settings["epochs"]]
+    return Config(**settings)
+
+
+def untrained_checkpoint(path, **fields):
+    """Write `path` as the checkpoint of an untrained (seeded) network of Config(**fields) -> the network."""
+    config = Config(**fields)
+    torch.manual_seed(0)
+    model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(config),
+                     "mean": [120.0, 120.0, 110.0], "std": [60.0, 60.0, 65.0]}, path)
+    return model

@@ -1,22 +1,26 @@
 """Faults injected for real: processes killed with SIGKILL and SIGTERM, writes failing between write and
-rename, files truncated on disk, NaN losses, two runs on one modeldir."""
+rename or on a modeldir that stops being writable, files truncated on disk, NaN losses, many runs contending
+for one modeldir."""
+import errno
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from hw2.checkpoint import (CheckpointError, ModeldirLock, latest_checkpoint, list_checkpoints, load_checkpoint,
-                            save_checkpoint)
-from hw2.config import Config
+from hw2.checkpoint import ModeldirLock, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from hw2.errors import CheckpointError, ModeldirBusy, ModeldirError, TrainingDiverged
+from hw2.report import read_metrics
 from hw2.train import _StopRequests, train
-from test_train import read_metrics, small
+from conftest import small_config
 
 EPOCHS = 5
+CONTENDERS = Path(__file__).with_name("lock_contenders.py")
 
 
 def cli_train(cifar_dir, modeldir, *extra):
@@ -42,8 +46,9 @@ def wait_for(path, process, timeout=120):
         time.sleep(0.02)
 
 
-def final_weights(modeldir):
-    return load_checkpoint(modeldir / f"model-{EPOCHS}.ckpt")["model"]
+def a_checkpoint(epoch):
+    """The least that load_checkpoint takes for an hw2 checkpoint."""
+    return {"model": {"w": torch.full((3,), float(epoch))}, "config": {}, "epoch": epoch}
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +60,20 @@ def uninterrupted(cifar_dir, tmp_path_factory):
 
 
 def assert_same_run(modeldir, reference):
-    a, b = final_weights(modeldir), final_weights(reference)
+    a, b = (load_checkpoint(folder / f"model-{EPOCHS}.ckpt")["model"] for folder in (modeldir, reference))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows, expected = read_metrics(modeldir), read_metrics(reference)
-    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, EPOCHS + 1)]
-    for row, ref in zip(rows, expected):  # a resumed epoch sums its loss in two parts: equal up to rounding
-        assert float(row["train_loss"]) == pytest.approx(float(ref["train_loss"]), rel=1e-6)
-        assert row["valid_acc"] == ref["valid_acc"]
+    rows, expected = read_metrics(modeldir / "metrics.csv"), read_metrics(reference / "metrics.csv")
+    assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
+    # a resumed epoch sums its loss in two parts: equal up to rounding
+    assert [row["train_loss"] for row in rows] == pytest.approx([row["train_loss"] for row in expected], rel=1e-6)
+    assert [row["valid_acc"] for row in rows] == [row["valid_acc"] for row in expected]
 
 
 def test_sigkill_at_a_random_moment_then_resume_gives_identical_weights(cifar_dir, tmp_path, uninterrupted):
     modeldir = tmp_path / "model"
     process = cli_train(cifar_dir, modeldir)
     wait_for(modeldir / "model-2.ckpt", process)
-    time.sleep(random.uniform(0, 0.6))
+    time.sleep(random.Random(11).uniform(0, 0.6))  # seeded: a failure can be rerun as it happened
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (modeldir / f"model-{EPOCHS}.ckpt").exists(), "killed before the end"
@@ -96,17 +101,17 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(cifa
     assert_same_run(modeldir, uninterrupted)
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+def test_a_failed_write_names_the_file_and_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "model-1.ckpt"
-    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    save_checkpoint(a_checkpoint(1), path)
 
     def disk_full(obj, f):  # writes half a file, then the disk is full
         f.write(b"\x80\x02partial")
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=rf"could not write {path} \(No space left on device\).* intact"):
+        save_checkpoint(a_checkpoint(2), path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model-1.ckpt"], "no temporary file left"
@@ -115,38 +120,82 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
 def test_a_crash_between_write_and_rename_leaves_no_truncated_checkpoint(tmp_path):
     """A process killed after writing the temporary file but before renaming it."""
     path = tmp_path / "model-2.ckpt"
-    save_checkpoint({"epoch": 1}, tmp_path / "model-1.ckpt")
+    save_checkpoint(a_checkpoint(1), tmp_path / "model-1.ckpt")
     script = ("import os, sys, torch; from hw2.checkpoint import save_checkpoint\n"
               "os.replace = lambda *a: os.kill(os.getpid(), 9)\n"
-              f"save_checkpoint({{'epoch': 2}}, {str(path)!r})\n")
+              f"save_checkpoint({{'model': {{}}, 'config': {{}}, 'epoch': 2}}, {str(path)!r})\n")
     assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
     assert not path.exists()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["model-1.ckpt"]
     assert latest_checkpoint(tmp_path)[1]["epoch"] == 1
 
 
-def test_truncated_checkpoint_is_named_and_resume_falls_back(cifar_dir, tmp_path):
-    config = small(cifar_dir, tmp_path, epochs=2, save_interval=1)
-    train(config)
-    newest = tmp_path / "model" / "model-2.ckpt"
+def test_a_modeldir_that_becomes_unwritable_mid_run_reports_the_failed_write(cifar_dir, tmp_path, monkeypatch):
+    """After model-1.ckpt every write and removal in modeldir fails, as when it becomes read-only (injected:
+    chmod does not stop root). The error is the checkpoint write's, not the lock cleanup's."""
+    import hw2.checkpoint
+    modeldir = tmp_path / "model"
+    real_open, real_unlink = open, Path.unlink
+
+    def unwritable(path):
+        return Path(path).parent == modeldir and (modeldir / "model-1.ckpt").exists()
+
+    def open_(path, *args, **kwargs):
+        if unwritable(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def unlink(path, missing_ok=False):
+        if unwritable(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(hw2.checkpoint, "open", open_, raising=False)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(CheckpointError) as e:
+        train(small_config(cifar_dir, tmp_path, epochs=3, save_interval=1))
+    monkeypatch.undo()
+    assert str(e.value).startswith(f"could not write {modeldir / 'model-2.ckpt'} (Permission denied)")
+    assert f"the checkpoints already in {modeldir} are intact" in str(e.value)
+    assert load_checkpoint(modeldir / "model-1.ckpt")["epoch"] == 1
+
+
+def test_a_damaged_checkpoint_is_named_with_the_one_to_use_instead_and_resume_falls_back(cifar_dir, tmp_path):
+    train(small_config(cifar_dir, tmp_path, epochs=2, save_interval=1))
+    modeldir = tmp_path / "model"
+    newest = modeldir / "model-2.ckpt"
     newest.write_bytes(newest.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="model-2.ckpt"):
+    with pytest.raises(CheckpointError) as e:
         load_checkpoint(newest)
+    assert str(e.value).startswith(f"{newest} is damaged (truncated or overwritten) or not an hw2 checkpoint")
+    assert str(e.value).endswith(f"; the newest readable checkpoint there is {modeldir / 'model-1.ckpt'}")
     with pytest.warns(UserWarning, match="model-2.ckpt"):
-        path, checkpoint = latest_checkpoint(tmp_path / "model")
+        path, checkpoint = latest_checkpoint(modeldir)
     assert path.name == "model-1.ckpt" and checkpoint["epoch"] == 1
     with pytest.warns(UserWarning):
-        _, metrics = train(small(cifar_dir, tmp_path, epochs=2, save_interval=1, resume=True))
+        _, metrics = train(small_config(cifar_dir, tmp_path, epochs=2, save_interval=1, resume=True))
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert load_checkpoint(newest)["epoch"] == 2
 
 
-def test_checkpoint_of_another_architecture_names_the_mismatch(cifar_dir, tmp_path):
-    train(small(cifar_dir, tmp_path, epochs=1))
-    with pytest.raises(CheckpointError, match=r"checkpoint is resnet_version 1, resnet_size 1.*config asks for 1, 2"):
-        train(small(cifar_dir, tmp_path, epochs=2, resume=True, resnet_size=2))
-    with pytest.raises(CheckpointError, match="num_classes 10.*config asks for 1, 1, 8, 5"):
-        train(small(cifar_dir, tmp_path, epochs=2, resume=True, num_classes=5))
+@pytest.mark.parametrize("content,reason", [(b"", "damaged"), (b"\x00" * 5000, "damaged"),
+                                            ("tensor", "not an hw2 checkpoint: it has no model and config")])
+def test_a_file_that_is_not_an_hw2_checkpoint_says_so_and_never_suggests_unsafe_loading(tmp_path, content, reason):
+    path = tmp_path / "model-3.ckpt"
+    if content == "tensor":
+        torch.save(torch.ones(3), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"{path} is {reason}.*; {tmp_path} holds no other readable checkpoint") as e:
+        load_checkpoint(path)
+    assert "weights_only" not in str(e.value)
+
+
+def test_a_checkpoint_of_another_architecture_names_the_mismatch(cifar_dir, tmp_path):
+    train(small_config(cifar_dir, tmp_path, epochs=1))
+    with pytest.raises(CheckpointError, match=r"model-1.ckpt holds a network with resnet_version 1, resnet_size 1, "
+                                              r"first_num_filters 8, num_classes 10, not resnet_size 2"):
+        train(small_config(cifar_dir, tmp_path, epochs=2, resume=True, resnet_size=2))
 
 
 def test_checkpoints_load_without_running_code(tmp_path):
@@ -155,73 +204,89 @@ def test_checkpoints_load_without_running_code(tmp_path):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     torch.save({"model": Exploit()}, tmp_path / "model-1.ckpt")
-    with pytest.raises(CheckpointError, match="model-1.ckpt"):
+    with pytest.raises(CheckpointError, match="model-1.ckpt is damaged .*or not an hw2 checkpoint") as e:
         load_checkpoint(tmp_path / "model-1.ckpt")
     assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(e.value)
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(cifar_dir, tmp_path):
-    train(small(cifar_dir, tmp_path, epochs=1, save_interval=1))
+    train(small_config(cifar_dir, tmp_path, epochs=1, save_interval=1))
     good = load_checkpoint(tmp_path / "model" / "model-1.ckpt")
-    with pytest.raises(FloatingPointError, match=r"at epoch 2, step \d+.*model-1.ckpt"):
-        train(small(cifar_dir, tmp_path, epochs=3, save_interval=1, resume=True, learning_rate=1e8))
+    with pytest.raises(TrainingDiverged, match=r"at epoch 2, step \d+.*model-1.ckpt"):
+        train(small_config(cifar_dir, tmp_path, epochs=3, save_interval=1, resume=True, learning_rate=1e8))
     assert [p.name for p in list_checkpoints(tmp_path / "model")] == ["model-1.ckpt"]
     kept = load_checkpoint(tmp_path / "model" / "model-1.ckpt")
     assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())
-    assert [r["epoch"] for r in read_metrics(tmp_path / "model")] == ["1"]
+    assert [row["epoch"] for row in read_metrics(tmp_path / "model" / "metrics.csv")] == [1]
 
 
 def test_nan_loss_can_skip_batches(cifar_dir, tmp_path, capsys):
-    _, metrics = train(small(cifar_dir, tmp_path, epochs=2, learning_rate=1e8, on_nan="skip"))
+    _, metrics = train(small_config(cifar_dir, tmp_path, epochs=2, learning_rate=1e8, on_nan="skip"))
     assert len(metrics) == 2
     assert "whose loss was not finite" in capsys.readouterr().out
 
 
 def test_existing_checkpoints_are_never_silently_overwritten(cifar_dir, tmp_path):
-    train(small(cifar_dir, tmp_path, epochs=1))
+    train(small_config(cifar_dir, tmp_path, epochs=1))
     before = (tmp_path / "model" / "model-1.ckpt").read_bytes()
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(small(cifar_dir, tmp_path, epochs=1, resnet_size=2))
+    with pytest.raises(ModeldirError, match="--resume"):
+        train(small_config(cifar_dir, tmp_path, epochs=1, resnet_size=2))
     assert (tmp_path / "model" / "model-1.ckpt").read_bytes() == before
 
 
 def test_unwritable_modeldir_is_refused_before_training(cifar_dir, tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(PermissionError, match="not writable"):
-        train(small(cifar_dir, tmp_path, modeldir=str(tmp_path / "file" / "model")))
+    with pytest.raises(ModeldirError, match="not writable"):
+        train(small_config(cifar_dir, tmp_path, modeldir=str(tmp_path / "file" / "model")))
 
 
-def test_second_run_on_the_same_modeldir_refuses(cifar_dir, tmp_path):
-    modeldir = tmp_path / "model"
-    first = cli_train(cifar_dir, modeldir)
-    wait_for(modeldir / ".lock", first)
-    code, _, err = finish(cli_train(cifar_dir, modeldir, "--resume"))
-    assert code == 2 and f"in use by another training run (PID {first.pid})" in err
-    first.kill()
-    first.wait()
+def test_a_run_on_a_modeldir_in_use_refuses_with_the_owner(cifar_dir, tmp_path):
+    (tmp_path / "model").mkdir()
+    with ModeldirLock(tmp_path / "model"):
+        with pytest.raises(ModeldirBusy, match=f"in use by another training run \\(PID {os.getpid()}\\)"):
+            train(small_config(cifar_dir, tmp_path, epochs=1))
+    assert not list((tmp_path / "model").iterdir()), "the refused run wrote nothing"
 
 
-def test_stale_lock_of_a_dead_process_is_taken_over(cifar_dir, tmp_path):
+def test_of_many_runs_started_together_exactly_one_gets_the_modeldir(tmp_path):
+    run = subprocess.run([sys.executable, CONTENDERS, "together", tmp_path, "20"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1"], "processes that held the lock while all 20 tried"
+
+
+def test_runs_coming_and_going_never_hold_the_modeldir_together(tmp_path):
+    """Each release removes the lock file; a run that opened it just before must not lock the removed file
+    while another locks its successor."""
+    run = subprocess.run([sys.executable, CONTENDERS, "churn", tmp_path, "10"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0"], "processes that found another holder inside the lock"
+
+
+def test_a_lock_left_by_a_dead_process_is_no_obstacle(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / ".lock").write_text(str(dead.pid))
-    train(small(cifar_dir, tmp_path, epochs=1))
-    assert not (tmp_path / "model" / ".lock").exists()
+    (tmp_path / ".lock").write_text(str(dead.pid))
+    with ModeldirLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
 
 
-def test_lock_of_a_live_process_is_respected(tmp_path):
-    holder = subprocess.Popen(["sleep", "30"])
-    try:
-        (tmp_path / ".lock").write_text(str(holder.pid))
-        with pytest.raises(RuntimeError, match=f"PID {holder.pid}"):
-            ModeldirLock(tmp_path).__enter__()
-    finally:
-        holder.kill()
-        holder.wait()
+def test_releasing_the_lock_never_hides_the_exception_in_flight(tmp_path, monkeypatch):
+    def unlink(path, missing_ok=False):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    with pytest.raises(ValueError, match="the real error"):
+        with ModeldirLock(tmp_path):
+            monkeypatch.setattr(Path, "unlink", unlink)
+            raise ValueError("the real error")
+    monkeypatch.undo()
+    with ModeldirLock(tmp_path):  # released all the same
+        pass
 
 
 def test_a_second_signal_stops_at_once(capsys):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under some launchers
     with _StopRequests() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
@@ -230,4 +295,4 @@ def test_a_second_signal_stops_at_once(capsys):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
     assert "stopping after this step" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers restored"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before, "handlers restored"

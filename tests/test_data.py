@@ -1,17 +1,32 @@
+import hashlib
+import io
 import os
+import pickle
+import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hw2.data import (BATCH_DIR, CIFAR10_MD5, CIFAR10_URL, DataError, data_label, download, load_data, read_batch,
+from hw2.data import (BATCH_DIR, TEST_BATCH, DataError, data_label, download, load_data, load_test_data, read_batch,
                       train_valid_split)
-from conftest import make_archive, py2_pickle, synthetic_batch, tar_with
+from conftest import py2_pickle, synthetic_batch
 
 
-def test_official_constants():
-    assert CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    assert CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+def tar_with(path, members):
+    """A tar.gz with the given (TarInfo, bytes-or-None) members -> (path, md5)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for info, payload in members:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path, hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def make_archive(path, folder):
+    """tar.gz of folder/cifar-10-batches-py -> (path, md5)."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(Path(folder) / BATCH_DIR, arcname=BATCH_DIR)
+    return path, hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def test_download_fetches_checks_and_extracts_once(tmp_path, http_server, cifar_dir):
@@ -45,7 +60,7 @@ def test_truncated_archive_is_a_clear_error(tmp_path, cifar_dir):
     data.mkdir()
     truncated = data / "cifar-10-python.tar.gz"
     truncated.write_bytes(archive.read_bytes()[:5000])
-    md5 = __import__("hashlib").md5(truncated.read_bytes()).hexdigest()
+    md5 = hashlib.md5(truncated.read_bytes()).hexdigest()
     with pytest.raises(DataError, match="truncated or corrupt"):
         download(data, url="http://127.0.0.1:9/unused", md5=md5)
     assert not (data / BATCH_DIR).exists()
@@ -71,12 +86,13 @@ def test_unsafe_archive_members_are_refused(tmp_path, name, kind):
     assert not (data / BATCH_DIR).exists()
 
 
-def test_no_network_names_the_download_command_and_the_archive_place(tmp_path):
+def test_no_network_names_the_download_command_and_the_archive_place_and_creates_nothing(tmp_path):
+    data_dir = tmp_path / "not" / "there"
     with pytest.raises(DataError) as e:
-        download(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+        download(data_dir, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
     assert "python -m hw2 download" in str(e.value)
-    assert str(tmp_path / "cifar-10-python.tar.gz") in str(e.value)
-    assert not list(tmp_path.iterdir()), "no partial download is left behind"
+    assert str(data_dir / "cifar-10-python.tar.gz") in str(e.value)
+    assert not list(tmp_path.iterdir()), "neither a partial download nor the folders made for it are left behind"
 
 
 def test_manually_placed_archive_is_used(tmp_path, cifar_dir):
@@ -115,6 +131,16 @@ def test_crafted_pickle_does_not_run_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_batch_pickled_by_python3_gets_a_hint_that_works(tmp_path, protocol):
+    batch = synthetic_batch(5, 0)
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+    with pytest.raises(DataError, match=r"data_batch_1 .*pickled by Python 3.*Python 2 cPickle.*protocol=4"):
+        read_batch(tmp_path / "data_batch_1")
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=4))
+    assert np.array_equal(read_batch(tmp_path / "data_batch_1")[0], batch[b"data"])
+
+
 def test_reads_python2_style_pickles(tmp_path):
     """The official files are Python 2 cPickles: byte-string keys, numpy.core.multiarray globals."""
     batch = synthetic_batch(5, 0)
@@ -123,6 +149,19 @@ def test_reads_python2_style_pickles(tmp_path):
     (tmp_path / "b").write_bytes(raw)
     x, y = read_batch(tmp_path / "b")
     assert np.array_equal(x, batch[b"data"]) and y.tolist() == batch[b"labels"]
+
+
+def test_the_test_batch_is_read_and_downloaded_alone(tmp_path, cifar_dir):
+    """A damaged or missing training batch stops training, not testing."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(cifar_dir, data_dir)
+    (data_dir / BATCH_DIR / "data_batch_2").write_bytes(b"damaged")
+    (data_dir / BATCH_DIR / "data_batch_3").unlink()
+    assert download(data_dir, url="http://127.0.0.1:9/unreachable", need=[TEST_BATCH]) == data_dir / BATCH_DIR
+    x_test, y_test = load_test_data(data_dir)
+    assert x_test.shape == (40, 3072) and y_test.shape == (40,)
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_data(data_dir)
 
 
 def test_real_cifar10_shapes_and_classes(real_data_dir):

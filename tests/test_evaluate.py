@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from hw2.checkpoint import CheckpointError, save_checkpoint
+from hw2.config import Config
+from hw2.errors import CheckpointError
 from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints, fold_batchnorm
 from hw2.models import ResNet
-from hw2.config import Config
+from conftest import untrained_checkpoint
 
 
 def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix():
@@ -43,35 +44,49 @@ def test_fold_batchnorm_computes_the_same_function_with_fewer_batchnorms(version
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the model itself is unchanged"
 
 
-def test_checkpoints_to_test(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+def test_checkpoints_to_test_are_the_newest_or_the_epochs_asked_for(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoints in .*--modeldir"):
         checkpoints_to_test(tmp_path)
     for name in ("model-10.ckpt", "model-2.ckpt", "model-11-step5.ckpt"):
         (tmp_path / name).touch()
     assert checkpoints_to_test(tmp_path) == [tmp_path / "model-11-step5.ckpt"]
     assert checkpoints_to_test(tmp_path, [2, 10]) == [tmp_path / "model-2.ckpt", tmp_path / "model-10.ckpt"]
+    with pytest.raises(CheckpointError, match=r"has no model-3.ckpt; it has model-2.ckpt, model-10.ckpt, "
+                                              r"model-11-step5.ckpt\. Choose epochs with --checkpoint"):
+        checkpoints_to_test(tmp_path, [2, 3])
 
 
 def test_evaluate_checkpoints_prints_like_the_cli_and_matches_evaluate(tmp_path, capsys):
-    torch.manual_seed(0)
-    model = ResNet(1, 1, first_num_filters=4)
-    config = Config(resnet_size=1, first_num_filters=4)
-    mean, std = [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]
     path = tmp_path / "model-1.ckpt"
-    save_checkpoint({"model": model.state_dict(), "config": config.__dict__, "mean": mean, "std": std}, path)
+    model = untrained_checkpoint(path, resnet_size=1, first_num_filters=4)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
     [result] = evaluate_checkpoints([path], x, y, device="cpu")
-    expected = evaluate(model, x, y, mean, std, device="cpu")
+    expected = evaluate(model, x, y, [120.0, 120.0, 110.0], [60.0, 60.0, 65.0], device="cpu")
     assert result["accuracy"] == pytest.approx(expected["accuracy"])
     assert capsys.readouterr().out == f"Restored model parameters from {path}\nTest accuracy: {expected['accuracy']:.4f}\n"
 
 
-def test_evaluate_checkpoints_refuses_another_network(tmp_path):
-    model = ResNet(1, 1, first_num_filters=4)
+def test_evaluate_checkpoints_use_the_tta_of_the_run_unless_told_otherwise(tmp_path, capsys):
     path = tmp_path / "model-1.ckpt"
-    save_checkpoint({"model": model.state_dict(), "config": Config(resnet_size=1, first_num_filters=4).__dict__,
-                     "mean": [0.0] * 3, "std": [1.0] * 3}, path)
+    model = untrained_checkpoint(path, resnet_version=2, resnet_size=1, first_num_filters=4, tta=True)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
+    mean, std = [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]
+    flip, plain = (evaluate(model, x, y, mean, std, device="cpu", tta=tta)["loss"] for tta in (True, False))
+    assert flip != pytest.approx(plain)
+    assert evaluate_checkpoints([path], x, y, device="cpu")[0]["loss"] == pytest.approx(flip)
+    assert "flip test-time augmentation" in capsys.readouterr().out
+    assert evaluate_checkpoints([path], x, y, device="cpu", tta=False)[0]["loss"] == pytest.approx(plain)
+    assert "flip" not in capsys.readouterr().out
+
+
+def test_evaluate_checkpoints_refuses_another_network(tmp_path):
+    path = tmp_path / "model-1.ckpt"
+    untrained_checkpoint(path, resnet_size=1, first_num_filters=4)
     x, y = np.zeros((2, 3072), np.uint8), np.zeros(2, np.int64)
-    with pytest.raises(CheckpointError, match="resnet_size 1.*config asks for 1, 3"):
-        evaluate_checkpoints([path], x, y, device="cpu", config=Config())
+    with pytest.raises(CheckpointError, match="model-1.ckpt holds a network with resnet_version 1, resnet_size 1, "
+                                              "first_num_filters 4, num_classes 10, not resnet_size 3: "):
+        evaluate_checkpoints([path], x, y, device="cpu", architecture={"resnet_version": 1, "resnet_size": 3})
+    with pytest.raises(CheckpointError, match="not resnet_size 3, first_num_filters 16"):
+        evaluate_checkpoints([path], x, y, device="cpu", architecture=Config())

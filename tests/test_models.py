@@ -71,15 +71,6 @@ def test_batchnorm_running_statistics_average_over_batches():
     assert all(m.momentum <= 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-def test_train_and_eval_are_nn_module_methods():
-    model = ResNet(2, 1)
-    assert type(model).train is nn.Module.train and type(model).eval is nn.Module.eval
-    model.eval()
-    assert not any(m.training for m in model.modules())
-    model.train()
-    assert all(m.training for m in model.modules())
-
-
 def test_printed_structure_uses_the_assignment_names():
     text = str(ResNet(1, 2))
     for name in ("start_layer", "stack_layers", "StandardBlock", "projection_shortcut", "output_layer"):

@@ -1,4 +1,3 @@
-import csv
 import dataclasses
 import math
 import subprocess
@@ -8,27 +7,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import small_config
 from hw2.checkpoint import list_checkpoints, load_checkpoint
 from hw2.config import FAST_RECIPE, Config
 from hw2.errors import Hw2Error
 from hw2.models import ResNet
+from hw2.report import read_metrics
 from hw2.runtime import grad_scaler
 from hw2.train import (METRICS, Interrupted, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
                        train, train_step)
-
-
-def small(cifar_dir, tmp_path, **overrides):
-    """A seconds-long run: ResNet-8 at 8 filters on 160 synthetic training images (40 held out)."""
-    settings = dict(resnet_size=1, first_num_filters=8, batch_size=20, epochs=3, learning_rate=0.05,
-                    lr_milestones=[2], valid_size=40, save_interval=2, data_dir=str(cifar_dir),
-                    modeldir=str(tmp_path / "model"), device="cpu")
-    settings.update(overrides)
-    return Config(**settings)
-
-
-def read_metrics(modeldir):
-    with open(modeldir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_step_schedule_divides_by_ten_after_each_milestone():
@@ -78,19 +65,21 @@ def test_defaults_are_he_et_al_recipe():
 
 
 def test_train_writes_checkpoints_metrics_and_the_epoch_line(cifar_dir, tmp_path, capsys):
-    config = small(cifar_dir, tmp_path)
+    config = small_config(cifar_dir, tmp_path)
     model, metrics = train(config)
     modeldir = tmp_path / "model"
     assert sorted(p.name for p in modeldir.glob("*.ckpt")) == ["model-2.ckpt", "model-3.ckpt"]
-    rows = read_metrics(modeldir)
-    assert list(rows[0]) == METRICS and [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert (modeldir / "metrics.csv").read_text().splitlines()[0] == ",".join(METRICS)
+    rows = read_metrics(modeldir / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert all(row == pytest.approx(written) for row, written in zip(rows, metrics)), "the CSV holds what train returns"
     # the learning-rate change reaches the optimizer: the column is read back from it
-    assert [float(r["lr"]) for r in rows] == pytest.approx([0.05, 0.05, 0.005])
-    assert float(rows[-1]["train_acc"]) > 0.3 and float(rows[-1]["valid_acc"]) > 0.3  # chance is 0.1
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert [row["lr"] for row in rows] == pytest.approx([0.05, 0.05, 0.005])
+    assert rows[-1]["train_acc"] > 0.3 and rows[-1]["valid_acc"] > 0.3  # chance is 0.1
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     out = capsys.readouterr().out
     assert [line.split(" Duration")[0] for line in out.splitlines() if line.startswith("Epoch ")] == \
-        [f"Epoch {r['epoch']} Loss {float(r['train_loss']):.4f}" for r in rows]
+        [f"Epoch {row['epoch']} Loss {row['train_loss']:.4f}" for row in metrics]
     checkpoint = load_checkpoint(modeldir / "model-3.ckpt")
     assert checkpoint["epoch"] == 3 and checkpoint["config"]["resnet_size"] == 1
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in checkpoint["model"].items())
@@ -107,47 +96,18 @@ def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_pa
             return super().forward(x)
 
     monkeypatch.setattr(hw2.train, "ResNet", Recording)
-    _, metrics = train(small(cifar_dir, tmp_path, resize_fraction=0.5, min_image_size=16))
+    _, metrics = train(small_config(cifar_dir, tmp_path, resize_fraction=0.5, min_image_size=16))
     assert sizes == [(16, 16)] * 8 + [(24, 24)] * 8 + [(32, 32)] * 8  # 160 images, batch 20
     assert all(math.isfinite(row["train_loss"]) for row in metrics)
 
 
 def test_same_seed_same_weights(cifar_dir, tmp_path, capsys):
-    a, _ = train(small(cifar_dir, tmp_path / "a", epochs=1))
+    a, _ = train(dataclasses.replace(small_config(cifar_dir, tmp_path / "a", epochs=1), lr_milestones=[2]))
     assert "warning: lr_milestones [2] are not below epochs (1), so they never take effect" in capsys.readouterr().out
-    b, _ = train(small(cifar_dir, tmp_path / "b", epochs=1))
-    c, _ = train(small(cifar_dir, tmp_path / "c", epochs=1, seed=1))
+    b, _ = train(small_config(cifar_dir, tmp_path / "b", epochs=1))
+    c, _ = train(small_config(cifar_dir, tmp_path / "c", epochs=1, seed=1))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.output_layer.fc.weight, c.output_layer.fc.weight)
-
-
-def test_cli_train_then_test(cifar_dir, tmp_path):
-    modeldir = tmp_path / "model_v1"
-    common = ["--resnet_size", "1", "--first_num_filters", "8", "--data_dir", str(cifar_dir), "--modeldir", str(modeldir)]
-    run = subprocess.run([sys.executable, "-m", "hw2", "train", *common, "--epochs", "2", "--batch_size", "20",
-                          "--valid_size", "40", "--save_interval", "1", "--lr_milestones", "1"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert "Epoch 2 Loss" in run.stdout
-    test = subprocess.run([sys.executable, "-m", "hw2", "test", *common, "--checkpoint", "1", "2"],
-                          capture_output=True, text=True, timeout=300)
-    assert test.returncode == 0, test.stderr
-    lines = test.stdout.splitlines()
-    assert f"Restored model parameters from {modeldir / 'model-1.ckpt'}" in lines
-    accuracies = [float(l.split(": ")[1]) for l in lines if l.startswith("Test accuracy: ")]
-    assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies)
-    bad = subprocess.run([sys.executable, "-m", "hw2", "train", "--resnet_version", "3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "resnet_version must be 1 or 2" in bad.stderr
-
-
-def test_fast_recipe_flag_sets_the_recipe_and_explicit_flags_win(monkeypatch):
-    from hw2 import __main__ as cli
-    seen = {}
-    monkeypatch.setattr(cli, "train", lambda config: seen.setdefault("config", config))
-    assert cli.main(["train", "--recipe", "fast", "--epochs", "7"]) == 0
-    config = seen["config"]
-    assert config.lr_schedule == "cosine" and config.label_smoothing == FAST_RECIPE["label_smoothing"]
-    assert config.epochs == 7
 
 
 def _tiny_network_and_batch(seed=0):
@@ -190,7 +150,7 @@ def test_the_training_loop_waits_for_the_device_once_per_epoch_not_per_step(cifa
 
     def count(batch_size, folder):
         reads.clear()
-        train(small(cifar_dir, tmp_path / folder, epochs=2, batch_size=batch_size, valid_size=0, save_interval=5))
+        train(small_config(cifar_dir, tmp_path / folder, epochs=2, batch_size=batch_size, valid_size=0, save_interval=5))
         return len(reads)
 
     assert count(40, "a") == count(10, "b")  # 4 steps an epoch against 16
@@ -213,7 +173,7 @@ def test_the_process_group_backend_follows_the_device(monkeypatch):
 
 
 def test_epoch_lines_show_validation_accuracy_and_the_run_ends_with_a_summary(cifar_dir, tmp_path, capsys):
-    config = small(cifar_dir, tmp_path)
+    config = small_config(cifar_dir, tmp_path)
     _, metrics = train(config)
     lines = capsys.readouterr().out.splitlines()
     epochs = [line for line in lines if line.startswith("Epoch ")]
@@ -237,7 +197,7 @@ def test_a_resumed_run_removes_the_mid_epoch_checkpoint_once_past_it(cifar_dir, 
         calls.append(1)
         return len(calls) == 8 + 3  # 8 steps an epoch
     monkeypatch.setattr(_StopRequests, "requested", stop_at_step_3_of_epoch_2)
-    config = small(cifar_dir, tmp_path, save_interval=1)
+    config = small_config(cifar_dir, tmp_path, save_interval=1)
     with pytest.raises(Interrupted, match="resume = True in a notebook") as stopped:
         train(config)
     modeldir = config.checkpoint_dir
@@ -258,7 +218,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_modeldir(tmp_pat
 def test_checkpoints_of_the_old_format_with_gpu_rng_states_resume(cifar_dir, tmp_path):
     """Checkpoints once held the global RNG states, one per visible GPU, which nothing in training draws
     from; a checkpoint written on an 8-GPU machine must resume on a machine with fewer."""
-    config = small(cifar_dir, tmp_path, save_interval=1)
+    config = small_config(cifar_dir, tmp_path, save_interval=1)
     uninterrupted, _ = train(dataclasses.replace(config, modeldir=str(tmp_path / "whole")))
     train(dataclasses.replace(config, epochs=2, lr_milestones=[]))
     path = config.checkpoint_dir / "model-2.ckpt"

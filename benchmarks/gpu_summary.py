@@ -1,0 +1,92 @@
+"""summary.json for benchmarks/gpu.sh: the machine, each step's exit status and seconds, the benchmarks'
+main figures, the resume check, and He et al.'s recipe (epochs, time, validation and test accuracy). Copies
+the recipe's metrics.csv and newest checkpoint into OUT, and prints the summary.
+
+    python3 benchmarks/gpu_summary.py OUT STEPS_JSONL RECIPE_MODELDIR TEST_OUTPUT DATA_DIR
+"""
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from hw2.bench import cpu_name
+from hw2.checkpoint import list_checkpoints, load_checkpoint
+from hw2.data import BATCH_DIR, TEST_BATCH, data_label, md5sum
+
+
+def machine():
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "cpu": cpu_name(), "cpu_count": len(os.sched_getaffinity(0))}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+    if shutil.which("nvidia-smi"):
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                               capture_output=True, text=True)
+        info["nvidia_smi"] = query.stdout.strip() or query.stderr.strip()
+    return info
+
+
+def bench(path):
+    """The main figures of a `python -m hw2.bench` JSON."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"missing": f"{path.name}: {e}"}
+    rates = report["img_per_s"]
+    return {"file": path.name, "model": report["model"], "dtype": report["dtype"], "compile": report["compile"],
+            "hw2_img_per_s": {task: round(rate) for task, rate in rates["hw2"].items()},
+            "reference_img_per_s": {task: round(rate) for task, rate in rates["reference"].items()},
+            "ratios": {name: round(ratio, 2) for name, ratio in report["ratios"].items()},
+            "fold_batchnorm_seconds": report["fold_batchnorm_seconds"], "peak_memory_mib": report["peak_memory_mib"]}
+
+
+def recipe(modeldir, test_output, out):
+    """He et al.'s run: what it trained and its test accuracy; copies metrics.csv and the newest checkpoint."""
+    checkpoints = list_checkpoints(modeldir)
+    if not checkpoints:
+        return {"missing": f"no checkpoint in {modeldir}"}
+    shutil.copy(modeldir / "metrics.csv", out / "metrics.csv")
+    shutil.copy(checkpoints[-1], out / checkpoints[-1].name)
+    with open(modeldir / "metrics.csv") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    seconds = [row["seconds"] for row in rows]
+    tested = [line for line in test_output.splitlines() if line.startswith("Test accuracy: ")]
+    return {"epochs": len(rows), "of_epochs": load_checkpoint(checkpoints[-1])["config"]["epochs"],
+            "newest_checkpoint": checkpoints[-1].name,
+            "training_seconds": sum(seconds), "first_epoch_seconds": seconds[0] if seconds else None,
+            "median_epoch_seconds": statistics.median(seconds) if seconds else None,
+            "last_valid_acc": rows[-1]["valid_acc"] if rows else None,
+            "best_valid_acc": max(row["valid_acc"] for row in rows) if rows else None,
+            "test_accuracy": float(tested[-1].split(": ")[1]) if tested else None}
+
+
+def main(out, steps, modeldir, test_output, data_dir):
+    out, modeldir, data_dir = Path(out), Path(modeldir), Path(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test_batch = data_dir / BATCH_DIR / TEST_BATCH
+    resume = out / "resume.json"
+    summary = {
+        "machine": machine(),
+        "data": {"label": data_label(data_dir), "test_batch_md5": md5sum(test_batch)} if test_batch.exists() else None,
+        "steps": [json.loads(line) for line in Path(steps).read_text().splitlines()] if Path(steps).exists() else [],
+        "bench": [bench(out / name) for name in ("bench_resnet20.json", "bench_resnet110.json")],
+        "resume": json.loads(resume.read_text()) if resume.exists() else None,
+        "recipe": recipe(modeldir, Path(test_output).read_text() if Path(test_output).exists() else "", out),
+    }
+    if summary["resume"]:
+        summary["resume"] = {k: summary["resume"][k] for k in ("ok", "final_weights", "flags")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=1))
+    print(f"files in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
