@@ -101,7 +101,8 @@ def download(data_dir="data", url=CIFAR10_URL, md5=CIFAR10_MD5, need=BATCHES):
             raise DataError(
                 f"CIFAR-10 is not in {folder} and could not be downloaded from {url} ({e}). "
                 f"Run `python -m hw2 download --data_dir {data_dir}` where there is internet, or fetch the archive "
-                f"by hand (MD5 {md5}) and put it at {archive}; it is extracted on the next run.") from e
+                f"by hand (MD5 {md5}) and put it at {archive}; it is extracted on the next run. If CIFAR-10 is "
+                f"elsewhere, point --data_dir (data_dir = ... in a notebook) at the folder holding {BATCH_DIR}/.") from e
         os.replace(partial, archive)
     actual = md5sum(archive)
     if actual != md5:
@@ -146,7 +147,8 @@ def read_batch(path):
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"{path} is missing: run `python -m hw2 download`") from None
+        raise DataError(f"{path} is missing: run `python -m hw2 download`, or point --data_dir (data_dir = ... "
+                        f"in a notebook) at the folder holding {BATCH_DIR}/") from None
     except Exception as e:  # any unpickling failure: truncated, crafted, not a pickle
         raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from e
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:

@@ -104,8 +104,9 @@ def checkpoints_to_test(modeldir, epochs=()):
     have = list_checkpoints(modeldir)
     if not epochs:
         if not have:
-            raise CheckpointError(f"no checkpoints in {modeldir}: train first, or point --modeldir "
-                                  "(modeldir = ... in a notebook) at a run")
+            raise CheckpointError(f"no checkpoints in {modeldir}: train into it first (`python -m hw2 train "
+                                  f"--modeldir {modeldir}`, or notebooks/03_train.ipynb), "
+                                  "or point --modeldir (modeldir = ... in a notebook) at a run")
         return have[-1:]
     paths = [checkpoint_path(modeldir, epoch) for epoch in epochs]
     missing = [p.name for p in paths if p not in have]

@@ -12,13 +12,14 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from hw2.augment import SIZE, Loader, channel_stats
 from hw2.checkpoint import (NAME, ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
@@ -315,8 +316,8 @@ def run_epoch(network, optimizer, scaler, loader, epoch, start_step, totals, con
     network.train()
     world, device = loader.world_size, loader.device
     batches = loader.batches(epoch, start_step, get_image_size(epoch, config))
-    for step, images, labels in tqdm(batches, total=len(loader), initial=start_step, disable=not progress,
-                                     desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False):
+    for step, images, labels in progress_bar(batches, total=len(loader), initial=start_step, disable=not progress,
+                                             desc=f"Epoch {epoch + 1}/{config.epochs}", leave=False):
         for group in optimizer.param_groups:
             group["lr"] = get_lr(epoch + step / len(loader), config)
         loss, logits, finite = train_step(network, optimizer, images, labels, device, dtype, config.label_smoothing,
@@ -327,6 +328,21 @@ def run_epoch(network, optimizer, scaler, loader, epoch, start_step, totals, con
         if (world == 1 or (step + 1) % CHECK_EVERY == 0) and stop.requested(world, device):
             return step + 1
     return None
+
+
+def progress_bar(iterable, **kwargs):
+    """A tqdm bar that fits the place: a widget in a notebook a person is watching, plain text on stdout in a
+    notebook that papermill (nbclient) runs, whose saved output could only keep a widget's placeholder, and
+    plain text on stderr on the command line. The two kinds of notebook are told apart by whether the
+    frontend can answer input(): JupyterLab can, nbclient says it cannot (ipykernel's `_allow_stdin`)."""
+    ipython = sys.modules.get("IPython")
+    kernel = getattr(ipython.get_ipython(), "kernel", None) if ipython else None
+    if kernel is None:
+        return tqdm(iterable, **kwargs)
+    if getattr(kernel, "_allow_stdin", False):
+        from tqdm.notebook import tqdm as widget_bar  # needs ipywidgets, which only notebooks need
+        return widget_bar(iterable, **kwargs)
+    return tqdm(iterable, file=sys.stdout, **kwargs)
 
 
 def _load_data(config, rank, world, device):
@@ -422,8 +438,9 @@ def _epoch_line(row):
 
 def summary(metrics, modeldir):
     """One line on a finished run: epochs, time, best and last validation accuracy, where the checkpoints are."""
-    minutes = sum(row["seconds"] for row in metrics) / 60
-    text = f"Trained {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {minutes:.1f} minutes"
+    seconds = sum(row["seconds"] for row in metrics)
+    took = f"{seconds:.1f} seconds" if seconds < 60 else f"{seconds / 60:.1f} minutes"
+    text = f"Trained {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {took}"
     valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
     if valid:
         best = max(valid, key=lambda row: row["valid_acc"])

@@ -15,7 +15,7 @@ from hw2.models import ResNet
 from hw2.report import read_metrics
 from hw2.runtime import grad_scaler
 from hw2.train import (METRICS, Interrupted, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
-                       train, train_step)
+                       progress_bar, train, train_step)
 
 
 def test_step_schedule_divides_by_ten_after_each_milestone():
@@ -228,3 +228,25 @@ def test_checkpoints_of_the_old_format_with_gpu_rng_states_resume(cifar_dir, tmp
     torch.save(old, path)
     model, _ = train(dataclasses.replace(config, resume=True))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), uninterrupted.state_dict().values()))
+
+
+@pytest.mark.parametrize("frontend,bar", [(None, "text on stderr"), ("nbclient", "text on stdout"),
+                                          ("jupyterlab", "widget")])
+def test_the_progress_bar_fits_the_place(monkeypatch, frontend, bar):
+    from tqdm.notebook import tqdm_notebook
+
+    class Kernel:
+        _allow_stdin = frontend == "jupyterlab"  # JupyterLab answers input(); nbclient (papermill) does not
+
+    class Shell:
+        kernel = Kernel()
+
+    monkeypatch.setitem(sys.modules, "IPython", type(sys)("IPython"))
+    sys.modules["IPython"].get_ipython = lambda: Shell() if frontend else None
+    made = progress_bar(range(3), disable=bar == "widget")  # a widget needs a real kernel to draw in
+    if bar == "widget":
+        assert isinstance(made, tqdm_notebook)
+    else:
+        assert not isinstance(made, tqdm_notebook)
+        assert made.fp._wrapped is (sys.stdout if bar == "text on stdout" else sys.stderr)
+    made.close()
