@@ -1,11 +1,14 @@
-"""Command line: python -m hw2 download | train | test. train's flags are the Config fields under their own
-names, explained by the Config's help (`python -m hw2 train --help`); test reads the network from the checkpoint.
+"""Command line: python -m hw2 download | train | test | import | runs. train's flags are the Config fields under
+their own names, explained by the Config's help (`python -m hw2 train --help`); test reads the network from the
+checkpoint; runs compares runs.
 
     python -m hw2 train --recipe smoke --modeldir runs/smoke   # about a minute: does everything work?
     python -m hw2 test --modeldir runs/smoke                   # the network and its tta come from the checkpoint
     python -m hw2 train --resnet_version 1 --resnet_size 3     # He et al.'s 182 epochs: model_v1/
     python -m hw2 train --recipe fast                          # ResNet-20 to about 86% in 26-28 minutes of a 2-core CPU
     python -m hw2 test --modeldir model_v1 --checkpoint 50 60
+    python -m hw2 runs runs/smoke model_v1                     # the runs side by side
+    python -m hw2 import resnet20-12fca82f.th --modeldir runs/r20_published  # a published network, then test it
 """
 import argparse
 import dataclasses
@@ -17,6 +20,8 @@ from hw2.config import RECIPES, Config, help_text
 from hw2.data import CLASSES, TEST_BATCH, download, load_test_data
 from hw2.errors import Hw2Error
 from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
+from hw2.published import LAYOUT, import_checkpoint
+from hw2.runs import runs_table
 from hw2.runtime import resolve_device, resolve_dtype
 from hw2.train import Interrupted, train
 
@@ -78,6 +83,18 @@ def build_parser():
     for name in ARCHITECTURE:  # read from the checkpoint: given, they only check it
         add_flag(tester, name, default=argparse.SUPPRESS,
                  help=f"{help_text(name)} (default: the checkpoint's; given, the checkpoint must have it)")
+
+    importer = command("import", help=f"write a published CIFAR-10 ResNet ({LAYOUT}'s layout) as an hw2 "
+                                      "checkpoint, model-0.ckpt in --modeldir, for test and train --resume")
+    importer.add_argument("file", metavar="FILE", help="the published checkpoint, e.g. resnet20-12fca82f.th")
+    importer.add_argument("--modeldir", required=True, metavar="DIR", help="a new folder for the hw2 checkpoint")
+    importer.add_argument("--allow_unsafe_load", action="store_true",
+                          help="load a file that safe loading (torch.load with weights_only=True) refuses; "
+                               "this can run code the file holds: only for a file you trust")
+
+    runs = command("runs", help="compare runs: one row per modeldir (or folder of reports/) with its network, "
+                                "recipe, epochs, validation and test accuracy, time and device")
+    runs.add_argument("modeldirs", nargs="+", metavar="DIR", help="the runs' modeldirs")
     return parser, trainer
 
 
@@ -101,6 +118,18 @@ def test(args):
             print(f"  {name:<10} {accuracy:.4f}")
 
 
+def import_published(args):
+    """Import a published checkpoint and say how to test and fine-tune it."""
+    path, config = import_checkpoint(args.file, args.modeldir, args.allow_unsafe_load)
+    flags = " ".join(f"--{name} {getattr(config, name)}" for name in ARCHITECTURE
+                     if getattr(config, name) != getattr(Config(), name))  # what train --resume must be told
+    print(f"Imported {args.file} into {path}: ResNet-{6 * config.resnet_size + 2}, version 1 with zero-padding "
+          f"shortcuts, resnet_size {config.resnet_size}, first_num_filters {config.first_num_filters}, with the "
+          "normalisation it was trained with\n"
+          f"Test it:      python -m hw2 test --modeldir {args.modeldir}\n"
+          f"Fine-tune it: python -m hw2 train --resume --modeldir {args.modeldir} {flags} --epochs N --learning_rate X")
+
+
 def main(argv=None):
     parser, trainer = build_parser()
     args = parser.parse_args(argv)
@@ -111,6 +140,10 @@ def main(argv=None):
             trainer.set_defaults(**RECIPES[args.recipe])
             args = parser.parse_args(argv)  # again, so that explicit flags win over the recipe
             train(Config(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Config)}))
+        elif args.command == "import":
+            import_published(args)
+        elif args.command == "runs":
+            print(runs_table(args.modeldirs))
         else:
             test(args)
     except Interrupted as e:

@@ -4,6 +4,8 @@
 whole uint8 batch in one gather on the batch's device, and is what training uses. `Loader` slices
 batches from one uint8 tensor that lives on the device (no DataLoader workers: the data set is 150 MB).
 """
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,27 +37,34 @@ def parse_record(record, training, rng, mean, std):
     return (image.astype(np.float32) - mean) / std
 
 
+@functools.lru_cache
+def crop_grids(device):
+    """The flat indices into a padded 40x40 image of its 32x32 top-left crop, plain and mirrored left-right
+    ([32, 32] each, on device), made once: a crop at (dy, dx) is these plus dy * 40 + dx."""
+    side = SIZE + 2 * PAD
+    ramp = torch.arange(SIZE, device=device)
+    return ramp[:, None] * side + ramp, ramp[:, None] * side + ramp.flip(0)
+
+
 def augment_batch(images, generator):
     """uint8 [B, 3, 32, 32] -> uint8 [B, 3, 32, 32] (channels_last): the same crop and flip as
-    parse_record, drawn independently per image, done as one gather (the flip is folded into the
-    column index)."""
-    n = len(images)
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    parse_record, drawn independently per image, done as one gather from the padded images (the flip is
+    folded into the index). Few and small device operations, as a training step runs it every time."""
+    n, side = len(images), SIZE + 2 * PAD
+    padded = F.pad(images.permute(0, 2, 3, 1), (0, 0, PAD, PAD, PAD, PAD)).reshape(n, side * side, 3)  # NHWC
     offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator, device=generator.device)
     flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
     offsets, flip = offsets.to(images.device), flip.to(images.device)
-    ramp = torch.arange(SIZE, device=images.device)
-    rows = offsets[0, :, None] + ramp                                   # [B, 32]
-    cols = offsets[1, :, None] + torch.where(flip[:, None], SIZE - 1 - ramp, ramp)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]          # [B, 32, 32, 3]
-    return out.permute(0, 3, 1, 2)                                      # NCHW view of NHWC memory
+    plain, mirrored = crop_grids(images.device)
+    index = (offsets[0] * side + offsets[1])[:, None, None] + torch.where(flip[:, None, None], mirrored, plain)
+    out = padded.gather(1, index.view(n, -1, 1).expand(-1, -1, 3))     # [B, 32 * 32, 3]
+    return out.view(n, SIZE, SIZE, 3).permute(0, 3, 1, 2)               # NCHW view of NHWC memory
 
 
 def normalize(images, mean, std):
     """uint8 [B, 3, H, W] -> float32, per-channel (x - mean) / std, memory format kept; mean and std are
     float32 [1, 3, 1, 1] tensors on the images' device (channel_tensors)."""
-    return (images.float() - mean) / std
+    return (images - mean) / std  # uint8 - float32 is float32: the cast is part of the subtraction
 
 
 def channel_tensors(mean, std, device):
@@ -71,11 +80,16 @@ def downscale(images, size):
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def step_generator(seed, *keys, device="cpu"):
-    """A torch.Generator that is a pure function of (seed, *keys): batch (epoch, step) draws the same
+def step_seed(seed, *keys):
+    """A 63-bit seed that is a pure function of (seed, *keys): batch (epoch, step) draws the same
     permutation and crops whether or not the run was interrupted before it."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
+    return int(state) & ((1 << 63) - 1)
+
+
+def step_generator(seed, *keys, device="cpu"):
+    """A torch.Generator seeded with step_seed(seed, *keys)."""
+    return torch.Generator(device=device).manual_seed(step_seed(seed, *keys))
 
 
 class Loader:
@@ -92,6 +106,7 @@ class Loader:
         self.mean, self.std = channel_tensors(mean, std, device)
         self.batch_size, self.device = batch_size, torch.device(device)
         self.training, self.seed, self.rank, self.world_size = training, seed, rank, world_size
+        self.generator = torch.Generator(device=self.device)  # reseeded every step: cheaper than a new one
 
     def __len__(self):
         if self.training:
@@ -107,8 +122,8 @@ class Loader:
         for step in range(start_step, len(self)):
             if self.training:
                 index = order[step * self.batch_size:(step + 1) * self.batch_size]
-                gen = step_generator(self.seed, epoch, step, self.rank, device=self.device)
-                images, labels = augment_batch(self.x[index], gen), self.y[index]
+                self.generator.manual_seed(step_seed(self.seed, epoch, step, self.rank))
+                images, labels = augment_batch(self.x[index], self.generator), self.y[index]
             else:
                 images = self.x[step * self.batch_size:(step + 1) * self.batch_size]
                 labels = self.y[step * self.batch_size:(step + 1) * self.batch_size]

@@ -4,18 +4,19 @@ A checkpoint is a dict of tensors and plain Python values (model, optimizer, pos
 metrics so far), so it loads with torch.load(weights_only=True): opening one cannot run code.
 """
 import contextlib
-import fcntl
 import os
 import re
 import warnings
 from pathlib import Path
 
+import filelock
 import torch
 
+from hw2 import runtime
 from hw2.errors import CheckpointError, ModeldirBusy
 
 NAME = re.compile(r"^model-(\d+)(?:-step(\d+))?\.ckpt$")
-ARCHITECTURE = ("resnet_version", "resnet_size", "first_num_filters", "num_classes")
+ARCHITECTURE = ("resnet_version", "resnet_size", "first_num_filters", "shortcut", "num_classes")
 
 
 def checkpoint_path(modeldir, epoch, step=0):
@@ -58,7 +59,10 @@ def save_checkpoint(state, path):
     finally:
         with contextlib.suppress(OSError):  # a leftover temporary file is harmless; the error above is not
             tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder: there the rename is as durable as its file system makes it
+        return
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
@@ -76,6 +80,7 @@ def _read(path):
                               f"({type(e).__name__})") from None
     if not (isinstance(checkpoint, dict) and {"model", "config"} <= checkpoint.keys()):
         raise CheckpointError(f"{path} is not an hw2 checkpoint: it has no model and config")
+    checkpoint["config"].setdefault("shortcut", "projection")  # written before shortcut was a choice
     return checkpoint
 
 
@@ -128,47 +133,49 @@ def check_architecture(checkpoint, expected, path):
 
 
 class ModeldirLock:
-    """Context manager: one training run per modeldir. The run holds an exclusive flock on modeldir/.lock,
-    which also holds its PID for the message a second run gets. The kernel releases the lock when the
-    process ends, however it ends, so a crashed run leaves no stale lock."""
+    """Context manager: one training run per modeldir. The run holds an exclusive lock on modeldir/.lock, the
+    system's own (filelock's: flock on Unix, LockFileEx on Windows), which the system releases when the
+    process ends, however it ends, so a crashed run leaves no stale lock. The file also holds the run's PID
+    for the message a second run gets."""
 
     def __init__(self, modeldir):
         self.path = Path(modeldir) / ".lock"
-        self.file = None
+        # Never filelock's soft lock (a file that merely exists), which a killed run would leave behind.
+        kind = filelock.WindowsFileLock if runtime.WINDOWS else filelock.UnixFileLock
+        self.lock = kind(self.path, blocking=False, fallback_to_soft=False, on_acquired=_write_pid)
 
     def __enter__(self):
-        while True:
-            file = open(self.path, "a+")
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                file.seek(0)
-                pid = file.read().strip()
-                file.close()
-                owner = f" (PID {pid})" if pid else ""
-                raise ModeldirBusy(f"{self.path.parent} is in use by another training run{owner}; wait for it, "
-                                   "stop it, or choose another --modeldir (modeldir = ... in a notebook)") from None
-            if _same_file(file, self.path):
-                break
-            file.close()  # the owner removed it after we opened it (see __exit__): lock the new one
-        file.truncate(0)
-        file.write(str(os.getpid()))
-        file.flush()
-        self.file = file
+        try:
+            self.lock.acquire()
+        except filelock.Timeout:
+            pid = _holder(self.path)
+            owner = f" (PID {pid})" if pid else ""
+            raise ModeldirBusy(f"{self.path.parent} is in use by another training run{owner}; wait for it, "
+                               "stop it, or choose another --modeldir (modeldir = ... in a notebook)") from None
         return self
 
     def __exit__(self, *exc):
-        # Remove the file while still holding the lock (a run that opened it meanwhile sees that and
-        # retries), then unlock it for every process that shares the open file (forked ones too). A leftover
-        # .lock is harmless, so failing to remove it must not hide an exception in flight.
+        # Remove the file while still holding the lock, so that a run which opened it meanwhile finds its lock on a
+        # removed file, which filelock refuses (a link count of 0: that run is refused as if the lock were still
+        # held), and the next run creates a new one. Windows refuses to remove a file that is open: there filelock
+        # removes it after the release. A leftover .lock is harmless, so failing to remove it must not hide an
+        # exception in flight.
         with contextlib.suppress(OSError):
             self.path.unlink()
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+        self.lock.release()
 
 
-def _same_file(file, path):
+def _write_pid(fd):
+    """filelock's on_acquired: the PID into the lock file, from its second byte on (see _holder)."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f" {os.getpid()}".encode())
+
+
+def _holder(path):
+    """The PID the lock file names, or None: gone, not yet written, or unreadable."""
     try:
-        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
-    except FileNotFoundError:
-        return False
+        with open(path, "rb") as f:
+            f.seek(1)  # on Windows the lock covers byte 0, which no other process may read meanwhile
+            return int(f.read())
+    except (OSError, ValueError):
+        return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from hw2.errors import ConfigError
+from hw2.models import SHORTCUTS
 
 NUM_CLASSES = 10  # CIFAR-10
 
@@ -30,6 +31,9 @@ class Config:
     resnet_size: int = knob(3, "blocks per stack: depth 6n+2 for version 1 (3: ResNet-20, 18: ResNet-110), "
                                "9n+2 for version 2 (18: ResNet-164)")
     first_num_filters: int = knob(16, "filters of the start convolution and the first stack (then x2, x4)")
+    shortcut: str = knob("projection", "version 1, where a stack changes the shape: 'projection' (1x1 convolution "
+                                       "and BN, He et al.'s option B) or 'identity' (zero-padded, option A: "
+                                       "the paper's CIFAR-10 networks)")
     num_classes: int = knob(10, "outputs of the last layer: 10 for CIFAR-10")
     # optimisation
     batch_size: int = knob(128, "images per step, over all processes together")
@@ -57,7 +61,8 @@ class Config:
     on_nan: str = knob("stop", "non-finite loss: 'stop' with an error, or 'skip' the batch")
     # runtime
     seed: int = knob(0, "initialisation, split, batch order and augmentation")
-    device: str = knob("auto", "'auto' (cuda if torch sees a GPU), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = knob("auto", "'auto' (cuda if torch sees an NVIDIA GPU, else mps if it sees an Apple GPU, "
+                               "else cpu), 'cpu', 'cuda', 'cuda:1', ..., 'mps'")
     dtype: str = knob("auto", "'auto' (bfloat16 where the hardware runs it natively, float16 on older GPUs, "
                               "else float32), 'bfloat16', 'float16' or 'float32'")
     compile: bool = knob(False, "torch.compile the network (pays off on GPUs for long runs)")
@@ -67,6 +72,9 @@ class Config:
         milestones = self.lr_milestones
         checks = [
             ("resnet_version", self.resnet_version in (1, 2), "must be 1 or 2"),
+            ("shortcut", self.shortcut in SHORTCUTS, "must be 'projection' or 'identity'"),
+            ("shortcut", self.shortcut == "projection" or self.resnet_version == 1,
+             "must be 'projection' for resnet_version 2 (zero padding is version 1's option)"),
             *[(name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "must be an integer >= 1")
               for name in positive],
             ("num_classes", self.num_classes == NUM_CLASSES, f"must be {NUM_CLASSES}: CIFAR-10 has {NUM_CLASSES} classes"),
@@ -93,7 +101,7 @@ class Config:
         try:
             torch.device(self.device if self.device != "auto" else "cpu")
         except RuntimeError:
-            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}") from None
 
     @property
     def checkpoint_dir(self):

@@ -5,6 +5,10 @@ line. Anything else (a shape bug, CUDA out of memory) is a bug or a resource pro
 class Hw2Error(Exception):
     """Base class of the failures a user can fix: bad input, missing data, a busy or damaged modeldir."""
 
+    def _render_traceback_(self):
+        """What IPython shows instead of a traceback: the one line, as on the command line."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(Hw2Error, ValueError):
     """A Config field (a flag, a notebook parameter) has a value it cannot take."""

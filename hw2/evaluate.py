@@ -11,6 +11,7 @@ from hw2.augment import Loader
 from hw2.checkpoint import check_architecture, checkpoint_path, list_checkpoints, load_checkpoint
 from hw2.errors import CheckpointError
 from hw2.models import ResNet
+from hw2.runs import record_test
 from hw2.runtime import autocast, resolve_device, resolve_dtype
 
 
@@ -92,7 +93,7 @@ def restore(path, device="auto"):
     device = resolve_device(device) if isinstance(device, str) else device
     checkpoint = load_checkpoint(path)
     c = checkpoint["config"]
-    model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"])
+    model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"], c["shortcut"])
     model.load_state_dict(checkpoint["model"])
     model.to(device, memory_format=torch.channels_last)
     return model, checkpoint
@@ -118,8 +119,8 @@ def checkpoints_to_test(modeldir, epochs=()):
 
 
 def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, architecture=None):
-    """Restore and evaluate each checkpoint on (x, y), printing `Restored model parameters from ...` and
-    `Test accuracy: ...` -> list of evaluate() results. tta None: as each checkpoint was trained (its
+    """Restore and evaluate each checkpoint on (x, y) (the test set), printing `Restored model parameters from
+    ...` and `Test accuracy: ...` and keeping the accuracy in modeldir/test.csv -> list of evaluate() results. tta None: as each checkpoint was trained (its
     config's tta). With an `architecture` (a Config, or a dict of some of the ARCHITECTURE fields), a
     checkpoint of another network is an error."""
     results = []
@@ -135,5 +136,6 @@ def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, arc
         result = evaluate(model, x, y, checkpoint["mean"], checkpoint["std"],
                           device=next(model.parameters()).device, dtype=dtype, tta=flip)
         print(f"Test accuracy: {result['accuracy']:.4f}")
+        record_test(path, flip, result["accuracy"])  # for the table of runs (python -m hw2 runs)
         results.append(result)
     return results

@@ -6,12 +6,19 @@ Version 2 ("Identity Mappings", 2016, Fig. 4(e)): full pre-activation bottleneck
 BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1, add, nothing after the add; 9n+2 layers
 (n=18: ResNet-164). n is `resnet_size`, the number of blocks in each of the three stacks.
 
+Where a version 1 stack changes the shape, the shortcut is a 1x1 projection with BN (`shortcut="projection"`,
+He et al.'s option B, as the assignment's code) or the input subsampled and padded with zero channels
+(`"identity"`, option A, which He et al.'s CIFAR-10 networks use: no parameters, so exactly the paper's counts).
+
 BatchNorm keeps PyTorch's momentum of 0.1 (fb.resnet.torch, which He et al.'s CIFAR models were trained
 with, uses the same); TensorFlow's decay of 0.997 would be momentum 0.003 here, and 0.997 itself would
 make the running statistics follow the last batch alone.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+SHORTCUTS = ("projection", "identity")
 
 
 def conv3x3(in_channels, out_channels, stride=1):
@@ -22,24 +29,47 @@ def conv1x1(in_channels, out_channels, stride=1):
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
+class ZeroPadShortcut(nn.Module):
+    """He et al.'s option A: the input subsampled with the block's stride and padded with zero channels, half
+    of them before the input's and half after, as akamaster/pytorch_resnet_cifar10 (the widely used PyTorch
+    version, whose published weights depend on where the input's channels land) does."""
+
+    def __init__(self, in_channels, out_channels, stride):
+        super().__init__()
+        pad = out_channels - in_channels
+        self.stride, self.before, self.after = stride, pad // 2, pad - pad // 2
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.before, self.after))
+
+
 class StandardBlock(nn.Module):
-    """Version 1 block. A 1x1 projection with BN (He et al.'s option B) where the shape changes."""
+    """Version 1 block. Where the shape changes, a 1x1 projection with BN (shortcut "projection", He et al.'s
+    option B) or zero padding (shortcut "identity", option A)."""
 
     expansion = 1
 
-    def __init__(self, in_channels, filters, stride):
+    def __init__(self, in_channels, filters, stride, shortcut="projection"):
         super().__init__()
         self.conv1 = conv3x3(in_channels, filters, stride)
         self.bn1 = nn.BatchNorm2d(filters)
         self.conv2 = conv3x3(filters, filters)
         self.bn2 = nn.BatchNorm2d(filters)
         self.relu = nn.ReLU(inplace=True)
-        self.projection_shortcut = None
+        # two attributes rather than one, so that the projection's weights keep the names older checkpoints have
+        self.projection_shortcut = self.zero_pad_shortcut = None
         if stride != 1 or in_channels != filters:
-            self.projection_shortcut = nn.Sequential(conv1x1(in_channels, filters, stride), nn.BatchNorm2d(filters))
+            if shortcut == "projection":
+                self.projection_shortcut = nn.Sequential(conv1x1(in_channels, filters, stride), nn.BatchNorm2d(filters))
+            else:
+                self.zero_pad_shortcut = ZeroPadShortcut(in_channels, filters, stride)
 
     def forward(self, x):
-        shortcut = x if self.projection_shortcut is None else self.projection_shortcut(x)
+        shortcut = x
+        if self.projection_shortcut is not None:
+            shortcut = self.projection_shortcut(x)
+        elif self.zero_pad_shortcut is not None:
+            shortcut = self.zero_pad_shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + shortcut)
@@ -77,9 +107,9 @@ class BottleneckBlock(nn.Module):
 class StackLayer(nn.Sequential):
     """resnet_size blocks at one width; the first one changes stride and channels."""
 
-    def __init__(self, block, resnet_size, in_channels, filters, stride):
-        blocks = [block(in_channels, filters, stride)]
-        blocks += [block(filters * block.expansion, filters, 1) for _ in range(resnet_size - 1)]
+    def __init__(self, block, resnet_size, in_channels, filters, stride, **options):
+        blocks = [block(in_channels, filters, stride, **options)]
+        blocks += [block(filters * block.expansion, filters, 1, **options) for _ in range(resnet_size - 1)]
         super().__init__(*blocks)
 
 
@@ -100,14 +130,17 @@ class OutputLayer(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, resnet_version, resnet_size, num_classes=10, first_num_filters=16):
+    def __init__(self, resnet_version, resnet_size, num_classes=10, first_num_filters=16, shortcut="projection"):
         super().__init__()
         if resnet_version not in (1, 2):
             raise ValueError(f"resnet_version must be 1 or 2, got {resnet_version!r}")
         if resnet_size < 1:
             raise ValueError(f"resnet_size must be >= 1, got {resnet_size!r}")
+        if shortcut not in SHORTCUTS or (shortcut == "identity" and resnet_version != 1):
+            raise ValueError(f"shortcut must be 'projection', or 'identity' for version 1, got {shortcut!r}")
         self.resnet_version, self.resnet_size = resnet_version, resnet_size
         block = StandardBlock if resnet_version == 1 else BottleneckBlock
+        options = {"shortcut": shortcut} if resnet_version == 1 else {}
         # Version 1 starts with conv-BN-ReLU; version 2 starts with a bare conv, since every
         # pre-activation block begins with its own BN-ReLU.
         start = [conv3x3(3, first_num_filters)]
@@ -117,7 +150,7 @@ class ResNet(nn.Module):
         stacks, channels = [], first_num_filters
         for i in range(3):
             filters = first_num_filters * 2 ** i
-            stacks.append(StackLayer(block, resnet_size, channels, filters, stride=1 if i == 0 else 2))
+            stacks.append(StackLayer(block, resnet_size, channels, filters, stride=1 if i == 0 else 2, **options))
             channels = filters * block.expansion
         self.stack_layers = nn.ModuleList(stacks)
         self.output_layer = OutputLayer(channels, num_classes, preactivated=resnet_version == 2)

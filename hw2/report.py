@@ -5,21 +5,20 @@ Figures are matplotlib `Figure` objects made without pyplot, so nothing is drawn
 caller's back: a notebook shows one by leaving it as a cell's value, anyone can `fig.savefig(path)`.
 """
 import ast
-import csv
 import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from IPython.display import display
 from matplotlib.figure import Figure
 
 from hw2.augment import PAD, SIZE, parse_record
 from hw2.config import Config, help_text
 from hw2.data import CLASSES
 from hw2.errors import ConfigError
-from hw2.models import ResNet, count_parameters
+from hw2.models import SHORTCUTS, ResNet, count_parameters
+from hw2.runs import format_table
 from hw2.train import METRICS
 
 # The CIFAR-10 networks He et al. report, by (resnet_version, resnet_size): name and published parameter
@@ -30,6 +29,7 @@ PAPER_NETWORKS = {
     (1, 7): ("ResNet-44", "0.66M"),
     (1, 9): ("ResNet-56", "0.85M"),
     (1, 18): ("ResNet-110", "1.7M"),
+    (1, 200): ("ResNet-1202", "19.4M"),
     (2, 18): ("ResNet-164 (pre-activation)", "1.7M"),
 }
 
@@ -44,7 +44,7 @@ def parameter_lines(names=FIELDS):
     """A parameters cell's lines: each Config field with its default and its meaning, `name = default  # help`."""
     defaults = dataclasses.asdict(Config())
     assignments = [f"{name} = {defaults[name]!r}" for name in names]
-    width = max(map(len, assignments))
+    width = max(map(len, assignments), default=0)
     return [f"{line:{width}}  # {help_text(name)}" for line, name in zip(assignments, names)]
 
 
@@ -88,16 +88,6 @@ def report_dir(config):
     folder = Path(in_project("reports")) / Path(config.modeldir).name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def format_table(header, rows):
-    """A plain-text table: first column left-aligned, the others right-aligned."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -173,13 +163,16 @@ def augmentation_figure(x, count=4, seed=0):
 # --- architecture -------------------------------------------------------------------------------------
 
 def parameter_table(first_num_filters=16):
-    """Parameter count and depth of the networks He et al. report on CIFAR-10, beside the papers' counts."""
+    """Depth and parameter count of the networks He et al. report on CIFAR-10, with each shortcut (zero padding:
+    version 1 only), beside the papers' counts."""
     rows = []
     for (version, size), (name, paper) in PAPER_NETWORKS.items():
-        model = ResNet(version, size, first_num_filters=first_num_filters)
-        count = count_parameters(model)
-        rows.append([name, version, size, model.depth, f"{count:,}", f"{count / 1e6:.2f}M", paper])
-    return format_table(["network", "version", "n", "depth", "parameters", "ours", "paper"], rows)
+        with torch.device("meta"):  # no memory for the weights (ResNet-1202 has 19.4M)
+            models = {shortcut: ResNet(version, size, first_num_filters=first_num_filters, shortcut=shortcut)
+                      for shortcut in SHORTCUTS if version == 1 or shortcut == "projection"}
+        counts = [f"{count_parameters(models[shortcut]):,}" if shortcut in models else "-" for shortcut in SHORTCUTS]
+        rows.append([name, version, size, models["projection"].depth, *counts, paper])
+    return format_table(["network", "version", "n", "depth", *SHORTCUTS, "paper"], rows)
 
 
 @torch.no_grad()
@@ -202,12 +195,6 @@ def stage_shapes(model):
 
 # --- training -----------------------------------------------------------------------------------------
 
-def read_metrics(path):
-    """modeldir/metrics.csv -> metric rows as train() returns them: one {column: float} per epoch."""
-    with open(path, newline="") as f:
-        return [{name: float(row[name]) for name in METRICS} for row in csv.DictReader(f)]
-
-
 def training_curves(metrics, title=""):
     """Figure: loss, accuracy and learning rate against epoch, from metric rows (validation absent when
     valid_size was 0)."""
@@ -228,6 +215,13 @@ def training_curves(metrics, title=""):
     return fig
 
 
+def display(*args, **kwargs):
+    """IPython's display, imported when first called: importing hw2.report needs no IPython outside a
+    notebook (the GPU machines have none)."""
+    from IPython.display import display
+    return display(*args, **kwargs)
+
+
 class LiveCurves:
     """train()'s on_epoch callback in a notebook: shows training_curves of the epochs so far as one output
     and redraws it in place after each epoch (live in JupyterLab; a saved notebook keeps the last drawing)."""
@@ -244,7 +238,51 @@ class LiveCurves:
         return fig
 
 
+def metrics_table(metrics, epochs):
+    """The metric rows of `epochs` (1-based) as a table: learning rate, training and validation loss and
+    accuracy."""
+    rows = [[int(row["epoch"]), f"{row['lr']:.4g}", f"{row['train_loss']:.3f}", f"{row['train_acc']:.4f}",
+             f"{row['valid_loss']:.3f}", f"{row['valid_acc']:.4f}"] for row in metrics if row["epoch"] in epochs]
+    return format_table(["epoch", "lr", "train loss", "train acc", "valid loss", "valid acc"], rows)
+
+
+def compare_curves(runs, title=""):
+    """Figure: several runs' curves overlaid, from {name: metric rows}: accuracy against epoch and against
+    training time (solid: validation, dotted: training) and training loss against epoch."""
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    fig.suptitle(title)
+    by_epoch, by_time, loss = fig.subplots(1, 3)
+    for name, metrics in runs.items():
+        epoch = [row["epoch"] for row in metrics]
+        hours = np.cumsum([row["seconds"] for row in metrics]) / 3600
+        valid, train = ([row[column] for row in metrics] for column in ("valid_acc", "train_acc"))
+        for ax, x in ((by_epoch, epoch), (by_time, hours)):
+            (line,) = ax.plot(x, valid, "-", label=name)
+            ax.plot(x, train, ":", color=line.get_color())
+        loss.plot(epoch, [row["train_loss"] for row in metrics], "-", color=line.get_color(), label=name)
+    for ax, what, unit in ((by_epoch, "accuracy (solid: validation, dotted: training)", "epoch"),
+                           (by_time, "accuracy against training time", "hours"),
+                           (loss, "training loss", "epoch")):
+        ax.set_title(what)
+        ax.set_xlabel(unit)
+        ax.grid(alpha=0.3)
+    loss.set_yscale("log")
+    by_epoch.legend(fontsize=8)
+    return fig
+
+
 # --- evaluation ---------------------------------------------------------------------------------------
+
+def confused_pairs(confusion, classes=CLASSES, count=5):
+    """The `count` largest off-diagonal cells of a confusion matrix as a table: true class, predicted class,
+    images, and their share of the true class's images."""
+    confusion = np.asarray(confusion)
+    wrong = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    order = np.argsort(wrong, axis=None, kind="stable")[::-1][:count]
+    rows = [[classes[t], classes[p], int(wrong[t, p]), f"{wrong[t, p] / confusion[t].sum():.1%}"]
+            for t, p in zip(*np.unravel_index(order, wrong.shape))]
+    return format_table(["true", "predicted", "images", "of the true class"], rows, left=2)
+
 
 def per_class_table(result, classes=CLASSES):
     """Test images, correct predictions and accuracy per class, from an evaluate() result."""

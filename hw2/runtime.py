@@ -1,7 +1,10 @@
-"""Where and in what precision the networks run: device and dtype choice, autocast, the float16 loss scaler."""
+"""Where and in what precision the networks run: the platform's ways (Windows or Unix), device and dtype
+choice, autocast, the float16 loss scaler."""
 import contextlib
 import re
 import shutil
+import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,13 +14,26 @@ from hw2.errors import ConfigError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
+# The one switch between Windows' ways and Unix's (the modeldir lock's kind, the stop signals), read when used:
+# tests/test_portability.py sets it to run Windows' branches on Linux.
+WINDOWS = sys.platform == "win32"
+
+
+def stop_signals():
+    """The signals that ask a run to stop after its step: Ctrl-C (SIGINT) everywhere, and SIGTERM on Unix (kill,
+    a scheduler's time limit); on Windows, where SIGTERM cannot be delivered to a handler (os.kill ends the
+    process), Ctrl-Break (SIGBREAK)."""
+    return (signal.SIGINT, signal.SIGBREAK) if WINDOWS else (signal.SIGINT, signal.SIGTERM)
+
 
 def resolve_device(device):
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu" (with a warning when the system has a GPU that
-    this torch cannot use)."""
+    """"auto" -> "cuda" when torch sees a CUDA GPU, else "mps" when it sees an Apple GPU, else "cpu" (with a
+    warning when the system has an NVIDIA GPU that this torch cannot use)."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
         if system_has_nvidia_gpu():
             warnings.warn(f"this machine has an NVIDIA GPU, but torch {torch.__version__} cannot use it "
                           f"({'a CPU-only build' if torch.version.cuda is None else 'is the driver too old?'}): "
@@ -27,6 +43,10 @@ def resolve_device(device):
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto "
+                          "(device = 'cpu' or 'auto' in a notebook)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps' was asked for but torch sees no Apple GPU (MPS needs a Mac with Apple "
+                          "silicon and a torch built with MPS, as PyPI's macOS wheels are); use --device cpu or auto "
                           "(device = 'cpu' or 'auto' in a notebook)")
     return device
 
@@ -48,7 +68,8 @@ def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
 def resolve_dtype(dtype, device):
     """The precision of the forward pass. "auto": bfloat16 where the hardware runs it natively (CUDA
     capability 8.0 and later, CPUs with AVX512-BF16 or AMX), float16 on older GPUs (whose bfloat16 is
-    emulated, and cuDNN has no bfloat16 convolutions before 8.0), float32 on other CPUs."""
+    emulated, and cuDNN has no bfloat16 convolutions before 8.0), float32 on Apple GPUs (MPS: no lower
+    precision has been measured to work there for hw2) and on other CPUs."""
     if dtype != "auto":
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be 'auto', {', '.join(map(repr, DTYPES))}; got {dtype!r}")
@@ -56,7 +77,20 @@ def resolve_dtype(dtype, device):
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "mps":
+        return torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def fused_sgd_can_skip(device):
+    """Whether SGD's fused kernel on `device` takes the found_inf flag that skips a step without the host waiting
+    (train_step). MPS's does not: torch refuses it there ("grad_scale and found_inf are not supported on MPS")."""
+    return device.type != "mps"
+
+
+def sum_dtype(device):
+    """The dtype of running sums on `device`: float64, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def use_fastest_kernels(device):

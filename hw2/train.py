@@ -21,14 +21,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hw2.augment import SIZE, Loader, channel_stats
-from hw2.checkpoint import (NAME, ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
+from hw2.augment import SIZE, Loader, channel_stats, channel_tensors
+from hw2.checkpoint import (ARCHITECTURE, NAME, ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
                             list_checkpoints, save_checkpoint)
 from hw2.data import download, load_data, train_valid_split
 from hw2.errors import ConfigError, Hw2Error, ModeldirError, TrainingDiverged
 from hw2.evaluate import evaluate
-from hw2.models import ResNet
-from hw2.runtime import autocast, grad_scaler, resolve_device, resolve_dtype, use_fastest_kernels
+from hw2.models import ResNet, count_parameters
+from hw2.runs import CONFIG, LOG, METRICS_FILE, log_output, write_config
+from hw2.runtime import (autocast, fused_sgd_can_skip, grad_scaler, resolve_device, resolve_dtype, stop_signals,
+                         sum_dtype, use_fastest_kernels)
 
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
 CHECK_EVERY = 50  # steps between the host's looks at the device's non-finite count and at the stop flag across processes
@@ -55,11 +57,13 @@ def get_image_size(epoch, config):
 
 
 def make_optimizer(model, learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4):
-    """SGD with the fused kernel, which can skip an update on a flag that stays on the device (train_step).
-    Momentum buffers start at zero rather than empty, so that skipping the very first step leaves them
-    defined; with no dampening a zero buffer gives the same first step as PyTorch's copy of the gradient."""
+    """SGD with the fused kernel, which can skip an update on a flag that stays on the device (train_step), or
+    the plain one where the fused kernel cannot (MPS). Momentum buffers start at zero rather than empty, so that
+    skipping the very first step leaves them defined; with no dampening a zero buffer gives the same first
+    step as PyTorch's copy of the gradient."""
+    fused = fused_sgd_can_skip(next(model.parameters()).device)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum, nesterov=nesterov,
-                                weight_decay=weight_decay, fused=True)
+                                weight_decay=weight_decay, fused=fused)
     for p in model.parameters():
         optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
     return optimizer
@@ -100,15 +104,15 @@ class EpochTotals:
 
     def __init__(self, device, partial=None):
         partial = partial or self.NONE
-        self.sums = torch.tensor([partial["loss"], partial["correct"], partial["seen"]], dtype=torch.float64,
+        self.sums = torch.tensor([partial["loss"], partial["correct"], partial["seen"]], dtype=sum_dtype(device),
                                  device=device)
         self.skipped = torch.zeros((), dtype=torch.long, device=device)
         self.first_skipped = torch.full((), -1, dtype=torch.long, device=device)
         self.earlier_seconds, self.started = partial["seconds"], time.perf_counter()
 
     def add(self, step, loss, logits, labels, finite):
-        n = len(labels)
-        batch = torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
+        n, dtype = len(labels), self.sums.dtype
+        batch = torch.stack([loss.detach().to(dtype) * n, (logits.argmax(1) == labels).sum().to(dtype),
                              self.sums.new_full((), n)])  # new_full: a fill on the device, not a copy from the host
         self.sums += torch.where(finite, batch, 0.0)  # where, not a product: a NaN times 0 is NaN
         self.first_skipped = torch.where(~finite & (self.first_skipped < 0), step, self.first_skipped)
@@ -140,14 +144,15 @@ class Interrupted(Hw2Error):
 
 
 class _StopRequests:
-    """The first SIGINT/SIGTERM asks the loop to stop after the current step; a second one stops at once."""
+    """The first stop signal (SIGINT, and SIGTERM on Unix or SIGBREAK on Windows: runtime.stop_signals) asks the
+    loop to stop after the current step; a second one stops at once."""
 
     def __init__(self):
         self.signum, self.previous = None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in stop_signals():
                 self.previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -176,7 +181,7 @@ class MetricsFile:
     epochs of the run so far, also after a resume from an older checkpoint."""
 
     def __init__(self, modeldir):
-        self.path = modeldir / "metrics.csv"
+        self.path = modeldir / METRICS_FILE
 
     def write(self, rows):
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -187,11 +192,56 @@ class MetricsFile:
         os.replace(tmp, self.path)
 
 
+# Config fields that say where and how a run computes, not what it learns: a run continued under other values of
+# these is still the same run.
+NOT_THE_RUN = ("data_dir", "modeldir", "save_interval", "resume", "on_nan", "device", "dtype", "compile")
+
+
+def run_differences(saved, config):
+    """{field: (saved value, config's value)} where a checkpoint's config (a dict) and `config` describe
+    different runs; a field the saved config lacks (older runs) counts as its default."""
+    saved = {**dataclasses.asdict(type(config)()), **saved}
+    return {name: (saved[name], value) for name, value in dataclasses.asdict(config).items()
+            if name not in NOT_THE_RUN and saved[name] != value}
+
+
+def _may_continue(modeldir, config, continue_same_run):
+    """Whether this run continues the one in modeldir: when config.resume, or with continue_same_run when the
+    newest checkpoint is of the same parameters. Checkpoints it may not continue are a ModeldirError that names
+    the parameters that differ and both ways out."""
+    existing = list_checkpoints(modeldir)
+    if not existing:
+        return False  # nothing to continue: resume starts afresh
+    if config.resume:
+        return True
+    _, checkpoint = latest_checkpoint(modeldir)
+    differences = run_differences(checkpoint["config"], config) if checkpoint else {}
+    if continue_same_run and checkpoint and not differences:
+        return True
+    what = "checkpoints of a run with these parameters"
+    if differences:
+        what = "checkpoints of a run with other parameters (" + "; ".join(
+            f"{name} {old!r} there, {new!r} here" for name, (old, new) in differences.items()) + ")"
+    same_network = not set(differences) & set(ARCHITECTURE)
+    if continue_same_run:  # a notebook
+        ways = ("Set those back to see or continue that run" + (", set resume = True to continue it with these"
+                                                               if same_network else "")
+                + ", or choose a new modeldir to start another")
+    elif same_network:
+        ways = "Pass --resume to continue that run" + (" with these values" if differences else "")
+    else:
+        ways = "To continue that run, pass the values it has and --resume"
+    if not continue_same_run:
+        ways += "; to start another, choose a new --modeldir"
+    raise ModeldirError(f"{modeldir} holds {what}; newest {existing[-1].name}. {ways}. Nothing was overwritten.")
+
+
 @contextlib.contextmanager
-def _own_modeldir(config):
-    """The run's modeldir, locked against a second run. Refused before any work if it cannot be written or
-    holds another run's checkpoints; removed again if this run created it and fails before its first
-    checkpoint, so that a failed start leaves nothing behind."""
+def _own_modeldir(config, continue_same_run=False):
+    """The run's modeldir, locked against a second run -> (modeldir, whether to resume: _may_continue).
+    Refused before any work if it cannot be written or holds checkpoints this run may not continue; removed
+    again if this run created it and fails before its first checkpoint, so that a failed start leaves nothing
+    behind."""
     modeldir = config.checkpoint_dir
     created = not modeldir.exists()
     try:
@@ -204,16 +254,11 @@ def _own_modeldir(config):
                             "(modeldir = ... in a notebook)") from None
     try:
         with ModeldirLock(modeldir):
-            existing = list_checkpoints(modeldir)
-            if existing and not config.resume:
-                raise ModeldirError(
-                    f"{modeldir} already holds checkpoints ({existing[-1].name} is the newest). To continue that run "
-                    "pass --resume (resume = True in a notebook); to start another, choose a new --modeldir "
-                    "(modeldir = ... in a notebook). Nothing was overwritten.")
-            yield modeldir
+            yield modeldir, _may_continue(modeldir, config, continue_same_run)
     except BaseException:
         if created and not list_checkpoints(modeldir):
-            (modeldir / "metrics.csv").unlink(missing_ok=True)
+            for name in (METRICS_FILE, CONFIG, LOG):
+                (modeldir / name).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 modeldir.rmdir()
         raise
@@ -234,9 +279,13 @@ def _start_processes(device):
     return dist.get_rank(), world, device
 
 
-def train(config, on_epoch=None):
+def train(config, on_epoch=None, continue_same_run=False):
     """Train a ResNet as `config` says -> (model, metrics rows). `on_epoch(metrics)` is called on the main
-    process after each epoch (metrics.csv and any checkpoint written), e.g. to redraw a plot."""
+    process after each epoch (metrics.csv and any checkpoint written), e.g. to redraw a plot. What the run
+    prints is kept in modeldir/log.txt, its config in modeldir/config.json (hw2.runs).
+
+    continue_same_run (the notebooks, whose Run All must be safe to repeat; one process): a modeldir that holds
+    a run of the same parameters is continued as resume would, and a finished one returned at once."""
     device = resolve_device(config.device)  # first: the device decides the process group's backend
     rank, world, device = _start_processes(device)
     try:
@@ -244,8 +293,11 @@ def train(config, on_epoch=None):
             raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {world} processes")
         if rank > 0:
             return _train(config, rank, world, device, config.checkpoint_dir, on_epoch)
-        with _own_modeldir(config) as modeldir:
-            return _train(config, rank, world, device, modeldir, on_epoch)
+        with _own_modeldir(config, continue_same_run) as (modeldir, resume), log_output(modeldir, "train"):
+            if resume and not config.resume:
+                print(f"{modeldir} holds a run of these same parameters: continuing it, as resume = True would "
+                      "(a new modeldir trains another).", flush=True)
+            return _train(dataclasses.replace(config, resume=resume), rank, world, device, modeldir, on_epoch)
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -257,7 +309,8 @@ def _train(config, rank, world, device, modeldir, on_epoch):
     torch.manual_seed(config.seed)  # initialisation; batches and augmentation draw from their own generators
     use_fastest_kernels(device)
     loader, (x_valid, y_valid) = _load_data(config, rank, world, device)
-    model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
+    model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters,
+                   config.shortcut)
     model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config.learning_rate, config.momentum, config.nesterov, config.weight_decay)
     scaler = grad_scaler(device, dtype)
@@ -265,6 +318,10 @@ def _train(config, rank, world, device, modeldir, on_epoch):
     start_epoch, start_step, metrics, partial = checkpoints.resume(verbose=main) if config.resume else (0, 0, [], None)
     metrics_file = MetricsFile(modeldir)
     if main:
+        dtype_name = str(dtype).removeprefix("torch.")
+        write_config(modeldir, {**dataclasses.asdict(config), "device": str(device), "dtype": dtype_name})
+        print(f"ResNet-{model.depth} (version {config.resnet_version}, {count_parameters(model):,} parameters) "
+              f"on {device} in {dtype_name}", flush=True)
         metrics_file.write(metrics)  # drops rows newer than the checkpoint
         _warn_about_late_milestones(config)
         if start_epoch == config.epochs:
@@ -370,14 +427,15 @@ class Checkpoints:
 
     def __init__(self, modeldir, config, model, optimizer, scaler, loader):
         self.modeldir, self.config, self.model, self.optimizer, self.scaler = modeldir, config, model, optimizer, scaler
-        self.mean, self.std = loader.mean.flatten().tolist(), loader.std.flatten().tolist()
+        self.loader = loader
 
     def save(self, metrics, epoch, step=0, partial=None):
         """model-{epoch}.ckpt after `epoch` whole epochs, or model-{epoch + 1}-step{step}.ckpt inside the next."""
         path = checkpoint_path(self.modeldir, epoch + 1 if step else epoch, step)
         save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "epoch": epoch, "step": step, "config": dataclasses.asdict(self.config), "metrics": metrics,
-                         "partial": partial or EpochTotals.NONE, "mean": self.mean, "std": self.std,
+                         "partial": partial or EpochTotals.NONE, "mean": self.loader.mean.flatten().tolist(),
+                         "std": self.loader.std.flatten().tolist(),
                          "scaler": self.scaler.state_dict() if self.scaler else {}}, path)
         if not step:  # a whole-epoch checkpoint supersedes the mid-epoch ones of this and earlier epochs
             for older in list_checkpoints(self.modeldir):
@@ -394,7 +452,10 @@ class Checkpoints:
             return 0, 0, [], None
         check_architecture(checkpoint, self.config, path)
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["optimizer"]:  # an imported network has none: fine-tuning starts SGD afresh, as the flags say
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # the network goes on with the normalisation it was trained with (an imported one: its authors')
+        self.loader.mean, self.loader.std = channel_tensors(checkpoint["mean"], checkpoint["std"], self.loader.device)
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         if verbose:

@@ -6,6 +6,7 @@ import functools
 import http.server
 import io
 import pickle
+import signal
 import struct
 import threading
 from pathlib import Path
@@ -20,6 +21,14 @@ from hw2.data import BATCH_DIR, BATCHES, TEST_BATCH
 from hw2.models import ResNet
 
 REAL_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def pytest_configure(config):
+    """Undo an ignored SIGINT: a non-interactive shell starts background commands with SIGINT ignored, and
+    pytest started under one (benchmarks/gpu.sh may be) would then not answer `timeout -s INT` with the
+    KeyboardInterrupt that makes it stop and still print which tests passed and failed."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def synthetic_batch(n, seed):

@@ -91,6 +91,25 @@ def test_resuming_a_loader_mid_epoch_gives_the_same_batches():
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
+def test_a_training_batch_is_what_its_seed_epoch_step_and_rank_draw():
+    """The batch's images and their crops and flips come from generators seeded by (seed, epoch) and
+    (seed, epoch, step, rank) alone, drawn in this order: offsets, then flips. Pinned, as checkpoints'
+    exact resumption and the runs already reported rest on it."""
+    x = np.random.default_rng(0).integers(0, 256, (64, 3072)).astype(np.uint8)
+    loader = Loader(x, np.arange(64), 8, MEAN, STD, "cpu", training=True, seed=3, rank=1, world_size=2)
+    step, images, labels = list(loader.batches(epoch=2))[1]
+    order = torch.randperm(64, generator=step_generator(3, 2))[1::2]
+    assert torch.equal(labels, order[8:16])
+    generator = step_generator(3, 2, step, 1)
+    offsets = torch.randint(0, 9, (2, 8), generator=generator)
+    flips = torch.rand(8, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(torch.from_numpy(x[labels.numpy()]).view(8, 3, 32, 32), (4, 4, 4, 4))
+    crops = [padded[i, :, dy:dy + 32, dx:dx + 32] for i, (dy, dx) in enumerate(offsets.T.tolist())]
+    expected = torch.stack([crop.flip(2) if flip else crop for crop, flip in zip(crops, flips)])
+    assert flips.any() and not flips.all()
+    assert torch.equal(images, normalize(expected, *channel_tensors(MEAN, STD, "cpu")))
+
+
 def test_data_parallel_shards_are_disjoint():
     x = np.zeros((64, 3072), np.uint8)
     shards = []

@@ -15,7 +15,7 @@ import torch
 
 from hw2.checkpoint import ModeldirLock, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from hw2.errors import CheckpointError, ModeldirBusy, ModeldirError, TrainingDiverged
-from hw2.report import read_metrics
+from hw2.runs import read_metrics
 from hw2.train import _StopRequests, train
 from conftest import small_config
 
@@ -194,7 +194,7 @@ def test_a_file_that_is_not_an_hw2_checkpoint_says_so_and_never_suggests_unsafe_
 def test_a_checkpoint_of_another_architecture_names_the_mismatch(cifar_dir, tmp_path):
     train(small_config(cifar_dir, tmp_path, epochs=1))
     with pytest.raises(CheckpointError, match=r"model-1.ckpt holds a network with resnet_version 1, resnet_size 1, "
-                                              r"first_num_filters 8, num_classes 10, not resnet_size 2"):
+                                              r"first_num_filters 8, shortcut projection, num_classes 10, not resnet_size 2"):
         train(small_config(cifar_dir, tmp_path, epochs=2, resume=True, resnet_size=2))
 
 
@@ -263,12 +263,23 @@ def test_runs_coming_and_going_never_hold_the_modeldir_together(tmp_path):
     assert run.stdout.split() == ["0"], "processes that found another holder inside the lock"
 
 
-def test_a_lock_left_by_a_dead_process_is_no_obstacle(tmp_path):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (tmp_path / ".lock").write_text(str(dead.pid))
+def test_a_lock_held_by_a_process_killed_with_sigkill_is_released(tmp_path):
+    """The system releases the lock of a process that dies without running any code of its own; the .lock file
+    it leaves, naming it, is no obstacle."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from hw2.checkpoint import ModeldirLock\n"
+                               f"with ModeldirLock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ModeldirBusy, match=f"in use by another training run \\(PID {holder.pid}\\)"):
+            ModeldirLock(tmp_path).__enter__()
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert holder.returncode == -signal.SIGKILL
+    assert (tmp_path / ".lock").read_text().strip() == str(holder.pid), "left behind, naming the dead process"
     with ModeldirLock(tmp_path):
-        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
 
 

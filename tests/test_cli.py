@@ -52,7 +52,8 @@ def test_every_train_flag_shows_its_meaning_and_default(capsys, monkeypatch):
 def test_test_lists_only_what_it_uses(capsys, monkeypatch):
     text = help_of("test", capsys, monkeypatch)
     assert options(text) == {"-h", "--help", "--checkpoint", "--modeldir", "--data_dir", "--device", "--dtype", "--tta",
-                             "--no-tta", "--resnet_version", "--resnet_size", "--first_num_filters", "--num_classes"}
+                             "--no-tta", "--resnet_version", "--resnet_size", "--first_num_filters", "--shortcut",
+                             "--num_classes"}
     assert "(default: as the checkpoint was trained)" in text and "(default: the checkpoint's;" in text
 
 
@@ -176,3 +177,14 @@ def test_fast_recipe_flag_sets_the_recipe_and_explicit_flags_win(monkeypatch):
     config = seen["config"]
     assert config.lr_schedule == "cosine" and config.label_smoothing == FAST_RECIPE["label_smoothing"]
     assert config.epochs == 7
+
+
+def test_runs_prints_one_row_per_run_and_names_a_folder_that_is_not_one(capsys):
+    reports = README.parent / "reports"
+    assert cli.main(["runs", str(reports / "r20_he"), str(reports / "r20_5ep")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "network", "recipe", "parameters", "epochs", "best", "valid", "last", "valid",
+                                "test", "time", "device"]
+    assert [line.split()[0] for line in lines[2:]] == ["r20_he", "r20_5ep"]
+    assert cli.main(["runs", str(reports)]) == 2
+    assert capsys.readouterr().err == f"error: {reports} is not a run: it has no config.json and no checkpoint\n"

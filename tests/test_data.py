@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw2.data import (BATCH_DIR, TEST_BATCH, DataError, data_label, download, load_data, load_test_data, read_batch,
-                      train_valid_split)
+from hw2.data import (BATCH_DIR, TEST_BATCH, DataError, data_label, download, load_data, load_test_data, md5sum,
+                      read_batch, train_valid_split)
 from conftest import py2_pickle, synthetic_batch
+
+# test_batch as ../shared/data/make_cifar10.py writes it with pillow 13.0 and numpy 2.4 (../shared/data/README.md):
+# its pixels are decoded JPEGs, so another pillow, or numpy, may write other bytes.
+STANDIN_TEST_MD5 = "79676a833a3397004ae3dc81cc7f2d25"
+STANDIN_MD5_VERSIONS = {"pillow": "13.0", "numpy": "2.4"}
 
 
 def tar_with(path, members):
@@ -188,3 +193,35 @@ def test_split_is_shuffled_seeded_and_disjoint():
 def test_data_label_tells_the_official_files_from_the_stand_in(cifar_dir, real_data_dir):
     assert data_label(cifar_dir) == "CIFAR-10 (unofficial copy)"
     assert data_label(real_data_dir) in ("CIFAR-10", "CIFAR-10 (JPEG stand-in)")
+
+
+def standin_test_batch(real_data_dir):
+    """The stand-in's test batch dict (skips where data/ holds the official files)."""
+    if data_label(real_data_dir) != "CIFAR-10 (JPEG stand-in)":
+        pytest.skip("data/ holds the official CIFAR-10, not the stand-in")
+    with open(real_data_dir / BATCH_DIR / TEST_BATCH, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def test_the_stand_in_is_known_by_its_image_names_not_its_pixels(real_data_dir, tmp_path):
+    batch = standin_test_batch(real_data_dir)
+    (tmp_path / BATCH_DIR).mkdir()
+    batch[b"data"] = batch[b"data"].copy()
+    batch[b"data"][0, 0] ^= 1  # as another JPEG decoder might write it
+    (tmp_path / BATCH_DIR / TEST_BATCH).write_bytes(py2_pickle(batch))
+    assert data_label(tmp_path) == "CIFAR-10 (JPEG stand-in)"
+    batch[b"filenames"] = batch[b"filenames"][::-1]
+    (tmp_path / BATCH_DIR / TEST_BATCH).write_bytes(py2_pickle(batch))
+    assert data_label(tmp_path) == "CIFAR-10 (unofficial copy)"
+
+
+def test_the_stand_in_has_the_pixels_pinned_for_pillow_13_0_and_numpy_2_4(real_data_dir):
+    standin_test_batch(real_data_dir)
+    pil = pytest.importorskip("PIL")
+    found = {"pillow": pil.__version__, "numpy": np.__version__}
+    if any(not found[name].startswith(version + ".") for name, version in STANDIN_MD5_VERSIONS.items()):
+        pytest.skip(f"the pinned MD5 is the stand-in written with pillow {STANDIN_MD5_VERSIONS['pillow']} and numpy "
+                    f"{STANDIN_MD5_VERSIONS['numpy']}; here are pillow {found['pillow']} and numpy {found['numpy']}")
+    assert md5sum(real_data_dir / BATCH_DIR / TEST_BATCH) == STANDIN_TEST_MD5, (
+        f"pillow {found['pillow']} and numpy {found['numpy']} should decode the stand-in's JPEGs to the pixels pinned "
+        "(if data/ was written elsewhere, rewrite it: python ../shared/data/make_cifar10.py data)")

@@ -86,7 +86,7 @@ def test_evaluate_checkpoints_refuses_another_network(tmp_path):
     untrained_checkpoint(path, resnet_size=1, first_num_filters=4)
     x, y = np.zeros((2, 3072), np.uint8), np.zeros(2, np.int64)
     with pytest.raises(CheckpointError, match="model-1.ckpt holds a network with resnet_version 1, resnet_size 1, "
-                                              "first_num_filters 4, num_classes 10, not resnet_size 3: "):
+                                              "first_num_filters 4, shortcut projection, num_classes 10, not resnet_size 3: "):
         evaluate_checkpoints([path], x, y, device="cpu", architecture={"resnet_version": 1, "resnet_size": 3})
     with pytest.raises(CheckpointError, match="not resnet_size 3, first_num_filters 16"):
         evaluate_checkpoints([path], x, y, device="cpu", architecture=Config())

@@ -1,6 +1,6 @@
 """A student's session with the notebooks in JupyterLab, driven by headless Chromium on a copy of the repository:
 open each notebook, edit its parameters cell, Run All, Run All again in the same kernel, Restart Kernel and
-Run All, and check that what ran is what the cell said.
+Run All, and check that what ran is what the cell said (03: the same run shown again, no traceback).
 
 Needs Debian's chromium and chromium-driver and the pinned selenium (requirements-test.txt); .ci/run installs
 them, elsewhere the tests skip. A screenshot of each step goes to a folder named hw2-jupyterlab-screenshots-*
@@ -46,6 +46,7 @@ def lab(tmp_path_factory, real_data_dir):
     copy = home / "hw2"
     shutil.copytree(ROOT / "hw2", copy / "hw2", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "notebooks", copy / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "reports", copy / "reports")  # 03's worked example, 05's runs
     (copy / "data").symlink_to(real_data_dir.resolve())
     settings = home / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -223,36 +224,44 @@ def test_02_edits_hold_on_a_second_run_all_and_after_a_restart(student):
         assert student.outputs() == first
 
 
-def test_03_trains_what_the_parameters_cell_says_and_refuses_to_overwrite_it(student):
+def test_03_run_all_again_and_after_a_restart_shows_the_same_run_and_other_parameters_are_one_line(student):
     modeldir = student.copy / TINY_RUN["modeldir"]
     with student.step("03-tiny-run"):
         student.open("03_train.ipynb")
         student.edit(**TINY_RUN)
         student.run_all()
         texts, images = student.outputs()
-        assert not errors(texts) and images == 1  # the live figure, redrawn in place
+        assert not errors(texts) and images == 3  # the worked example, the live figure, the two runs together
         table = dict(line.split(None, 1) for line in texts[2].splitlines()[2:])
         assert {name: table[name] for name in TINY_RUN} == {
             **{name: str(value) for name, value in TINY_RUN.items()}, "modeldir": "../runs/lab"}
-        assert "Epoch 1 Loss" in texts[3] and "Epoch 2" not in texts[3]
+        [trained] = [text for text in texts if "Epoch 1 Loss" in text]
+        assert "Epoch 2" not in trained
         assert sorted(path.name for path in modeldir.glob("*.ckpt")) == ["model-1.ckpt"]
         student.show("Epoch 1 Loss")
-    with student.step("03-run-all-again-refuses"):
+    with student.step("03-run-all-again"):
         student.run_all()
-        texts, _ = student.outputs()
-        assert "resume = True" in errors(texts)[0] and "Epoch 1 Loss" not in texts[3]
-        student.show("resume = True")
-    with student.step("03-resume-a-finished-run"):
-        student.edit(resume=True)
-        student.run_all()
-        resumed = student.outputs()
-        assert not errors(resumed[0]) and resumed[1] == 1 and "Epoch 1 Loss" not in resumed[0][3]
-        assert (student.copy / "reports" / "lab" / "training_curves.png").exists()
-        student.show("saved training_curves.png")
+        again = student.outputs()
+        assert not errors(again[0]) and again[1] == 3 and "Epoch 1 Loss" not in "".join(again[0])
+        assert "../runs/lab holds a run of these same parameters: continuing it" in "".join(again[0])
+        assert "has finished all 1 epochs; nothing to train." in "".join(again[0])
+        assert [text for text in again[0] if "saved training_curves.png" in text] == [texts[-1]]
+        student.show("holds a run of these same parameters")
     with student.step("03-restart-and-run-all"):
         student.restart_and_run_all()
-        assert student.outputs() == resumed
+        assert student.outputs() == again
         assert sorted(path.name for path in modeldir.glob("*.ckpt")) == ["model-1.ckpt"]
+    with student.step("03-other-parameters-are-refused-in-one-line"):
+        student.edit(epochs=2)
+        student.run_all()
+        [error] = errors(student.outputs()[0])
+        assert error.count("\n") == 1 and "epochs 1 there, 2 here" in error
+        assert "resume = True" in error and "new modeldir" in error
+        tracebacks = student.js("return jupyterapp.shell.currentWidget.context.model.toJSON().cells"
+                                ".flatMap(cell => cell.outputs || []).filter(output => output.output_type == 'error')"
+                                ".map(output => output.traceback)")
+        assert tracebacks == [[error.strip()]]  # the one line, not a traceback
+        student.show("epochs 1 there, 2 here")
 
 
 def test_04_says_what_to_set_without_checkpoints_and_evaluates_the_run(student):
@@ -271,3 +280,16 @@ def test_04_says_what_to_set_without_checkpoints_and_evaluates_the_run(student):
         assert not errors(texts) and images == 2
         assert "Restored model parameters from ../runs/lab/model-1.ckpt\nTest accuracy: 0." in "".join(texts)
         student.show("Test accuracy")
+
+
+def test_05_compares_the_students_run_with_he_et_al(student):
+    """Runs on the run test_03 trained."""
+    with student.step("05-compare"):
+        student.open("05_compare.ipynb")
+        student.edit(modeldirs=["runs/lab", "reports/r20_he"])
+        student.run_all()
+        texts, images = student.outputs()
+        assert not errors(texts) and images == 1
+        rows = [line.split()[0] for line in texts[2].splitlines()[2:]]
+        assert rows == ["lab", "r20_he"] and "ResNet-8 v1" in texts[2] and "87.42% / 89.04% tta" in texts[2]
+        student.show("r20_he")

@@ -1,7 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from hw2.config import Config
+from hw2.errors import ConfigError
 from hw2.models import BottleneckBlock, ResNet, StandardBlock, count_parameters
 
 
@@ -91,3 +94,34 @@ def test_standard_vs_bottleneck_block_parameter_count():
     bottleneck = BottleneckBlock(128, 32, 1)
     assert count_parameters(standard) == 2 * (3 * 3 * 32 * 32) + 2 * 2 * 32
     assert count_parameters(bottleneck) == (128 * 32 + 9 * 32 * 32 + 32 * 128) + 2 * (128 + 32 + 32)
+
+
+@pytest.mark.parametrize("size,params", [(3, 269_722), (5, 464_154), (7, 658_586), (9, 853_018), (18, 1_727_962),
+                                         (200, 19_421_274)])
+def test_identity_shortcuts_have_exactly_the_papers_parameter_counts(size, params):
+    """He et al.'s Table 6 (0.27M ... 19.4M for ResNet-20 ... ResNet-1202), to the parameter as
+    akamaster/pytorch_resnet_cifar10 counts them. On the meta device: no memory for ResNet-1202's weights."""
+    with torch.device("meta"):
+        model = ResNet(1, size, shortcut="identity")
+    assert count_parameters(model) == params
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in model.modules())
+
+
+def test_identity_shortcut_subsamples_and_pads_half_the_new_channels_on_each_side():
+    block = StandardBlock(16, 32, stride=2, shortcut="identity")
+    x = torch.randn(2, 16, 8, 8)
+    shortcut = block.zero_pad_shortcut(x)
+    torch.testing.assert_close(shortcut, F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8)), rtol=0, atol=0)
+    assert shortcut.shape == (2, 32, 4, 4) and (shortcut[:, :8] == 0).all() and (shortcut[:, 24:] == 0).all()
+    assert block.projection_shortcut is None and count_parameters(block.zero_pad_shortcut) == 0
+    assert StandardBlock(16, 16, 1, shortcut="identity").zero_pad_shortcut is None
+    assert block(x).shape == (2, 32, 4, 4)
+
+
+def test_identity_shortcut_is_version_1s_only():
+    with pytest.raises(ValueError, match="shortcut must be 'projection', or 'identity' for version 1"):
+        ResNet(2, 1, shortcut="identity")
+    with pytest.raises(ConfigError, match="shortcut must be 'projection' for resnet_version 2"):
+        Config(resnet_version=2, shortcut="identity")
+    with pytest.raises(ConfigError, match="shortcut must be 'projection' or 'identity', got 'zero'"):
+        Config(shortcut="zero")

@@ -8,6 +8,7 @@ cells are notebooks/'s and papermill's injected-parameters cell. `python tests/t
 them again after a change to notebooks/03 or 04.
 """
 import ast
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -27,6 +28,10 @@ from hw2.errors import ConfigError
 from hw2.report import FIELDS, notebook_config, parameter_lines
 
 ROOT = Path(__file__).resolve().parent.parent
+# the root's conftest.py, how `pytest --nbval` runs 03 and 04, loaded by path (tests/conftest.py has its name)
+_spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(root_conftest)
 NOTEBOOKS = ROOT / "notebooks"
 GOLDEN = ROOT / "tests" / "notebooks"
 SMALL_RUN = {
@@ -34,7 +39,7 @@ SMALL_RUN = {
                            valid_size=500, save_interval=1, modeldir="runs/nbval"),
     "04_evaluate.ipynb": dict(modeldir="runs/nbval", checkpoints=[1, 2]),
 }
-EXECUTED = ["01_data_exploration.ipynb", "02_architecture.ipynb"]
+EXECUTED = ["01_data_exploration.ipynb", "02_architecture.ipynb", "05_compare.ipynb"]
 
 
 def load(path):
@@ -127,15 +132,24 @@ def test_golden_copy_is_the_notebook_with_an_injected_cell(name):
     assert cells(golden) == cells(load(NOTEBOOKS / name)), f"notebooks/{name} changed: run `python tests/test_notebooks.py`"
 
 
-def test_nbval_reruns_the_notebooks_with_the_same_outputs(tmp_path, real_data_dir):
-    """01 and 02 at their defaults, then 03 and 04 on a small run, in a folder of their own (a fresh modeldir)."""
-    for path in [NOTEBOOKS / name for name in EXECUTED] + [GOLDEN / name for name in SMALL_RUN]:
-        shutil.copy(path, tmp_path)
-    (tmp_path / "data").symlink_to(real_data_dir.resolve())
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-                             "--nbval-current-env", "--nbval-sanitize-with", str(GOLDEN / "sanitize.cfg")],
-                            cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+def test_pytest_nbval_as_typed_passes_twice_and_leaves_the_checkout_alone(tmp_path, real_data_dir):
+    """`pytest --nbval` at the root of a fresh checkout (a copy: its notebooks, golden copies, reports and
+    conftest; hw2 linked): 01, 02 and 05 as committed, 03 and 04 on the small run; then once more."""
+    checkout = tmp_path / "hw2"
+    for name in ["notebooks", "reports", "tests/notebooks"]:
+        shutil.copytree(ROOT / name, checkout / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for name in ["conftest.py", "pyproject.toml"]:
+        shutil.copy(ROOT / name, checkout)
+    (checkout / "hw2").symlink_to(ROOT / "hw2")
+    (checkout / "data").symlink_to(real_data_dir.resolve())
+    files = lambda: sorted(path for path in checkout.rglob("*") if "__pycache__" not in path.parts)  # noqa: E731
+    before = files()
+    for attempt in ("first", "second"):
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval"],
+                                cwd=checkout, capture_output=True, text=True)
+        assert result.returncode == 0, f"{attempt} run: " + result.stdout[-8000:] + result.stderr[-2000:]
+        assert " passed" in result.stdout and "notebooks/03_train.ipynb" not in result.stdout  # no failures
+    assert files() == before
 
 
 def test_what_01_says_about_the_data_holds(real_data_dir):
@@ -147,11 +161,11 @@ def test_what_01_says_about_the_data_holds(real_data_dir):
     assert np.allclose(mean, [125.31, 122.95, 113.87], atol=0.1) and np.allclose(std, [62.99, 62.09, 66.70], atol=0.6)
 
 
-def write_golden_copies(data_dir=ROOT / "data"):
+def write_golden_copies():
     """Run notebooks/03 and 04 on SMALL_RUN in a scratch folder and keep them, less papermill's timings, as
     tests/notebooks/."""
     with tempfile.TemporaryDirectory() as scratch:
-        (Path(scratch) / "data").symlink_to(Path(data_dir).resolve())
+        root_conftest.small_run_folder(scratch)  # as `pytest --nbval` runs them
         for name, parameters in SMALL_RUN.items():
             out = Path(scratch) / name
             papermill.execute_notebook(NOTEBOOKS / name, out, parameters, cwd=scratch, progress_bar=False)

@@ -10,6 +10,7 @@ from hw2 import report
 from hw2.config import Config
 from hw2.errors import ConfigError
 from hw2.models import ResNet, count_parameters
+from hw2.runs import read_metrics
 from hw2.train import METRICS
 
 matplotlib.use("Agg")
@@ -142,7 +143,7 @@ def test_training_curves_from_metrics_csv(tmp_path):
         writer = csv.DictWriter(f, METRICS)
         writer.writeheader()
         writer.writerows(metric_rows(3))
-    metrics = report.read_metrics(path)
+    metrics = read_metrics(path)
     assert [row["train_acc"] for row in metrics] == pytest.approx([0.2, 0.4, 0.6])
     assert np.isnan(metrics[0]["valid_acc"])  # valid_size 0: no validation
     fig = report.training_curves(metrics)
@@ -187,3 +188,29 @@ def test_misclassified_figure_titles_true_and_predicted_class():
     fig = report.misclassified_figure(x, y, predicted, ["a", "b", "c"], columns=4)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["true b\npred c", "true b\npred a"] and len(fig.axes) == 4
+
+
+def test_metrics_table_shows_the_epochs_asked_for():
+    lines = report.metrics_table(metric_rows(3), [1, 3]).splitlines()
+    assert lines[0].split() == ["epoch", "lr", "train", "loss", "train", "acc", "valid", "loss", "valid", "acc"]
+    assert [line.split()[:3] for line in lines[2:]] == [["1", "0.1", "2.000"], ["3", "0.03333", "0.667"]]
+
+
+def test_compare_curves_overlays_runs_in_one_colour_each():
+    fig = report.compare_curves({"a": metric_rows(3), "b": metric_rows(5)})
+    by_epoch, by_time, loss = fig.axes
+    assert [line.get_label() for line in loss.lines] == ["a", "b"]
+    assert [len(line.get_xdata()) for line in by_epoch.lines] == [3, 3, 5, 5]  # validation and training of each
+    assert by_epoch.lines[0].get_color() == by_epoch.lines[1].get_color() == loss.lines[0].get_color()
+    np.testing.assert_allclose(by_time.lines[2].get_xdata(), np.arange(1, 6) * 1.5 / 3600)  # hours, cumulated
+
+
+def test_confused_pairs_are_the_largest_counts_off_the_diagonal():
+    confusion = np.diag([90, 80, 70])
+    confusion[0, 1], confusion[1, 0], confusion[2, 0] = 5, 20, 10
+    lines = report.confused_pairs(torch.tensor(confusion), ["cat", "dog", "frog"], count=2).splitlines()
+    assert [line.split() for line in lines[2:]] == [["dog", "cat", "20", "20.0%"], ["frog", "cat", "10", "12.5%"]]
+
+
+def test_a_notebook_without_config_fields_has_an_empty_parameter_list():
+    assert report.parameter_lines([]) == []

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from hw2 import runtime
+from hw2.config import Config
 from hw2.errors import ConfigError
-from hw2.runtime import cpu_has_native_bf16, grad_scaler, resolve_device, resolve_dtype
+from hw2.runtime import (cpu_has_native_bf16, fused_sgd_can_skip, grad_scaler, resolve_device, resolve_dtype,
+                         sum_dtype)
 
 
 @pytest.mark.parametrize("flags,native", [("fpu avx2 avx512f avx512_bf16 amx_tile", True), ("fpu avx2 amx_bf16", True),
@@ -49,6 +51,7 @@ def test_loss_scaler_only_for_float16():
 
 def test_a_gpu_torch_cannot_see_is_a_warning_not_a_silent_cpu_run(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(runtime, "system_has_nvidia_gpu", lambda: True)
     with pytest.warns(UserWarning, match="NVIDIA GPU.*cannot use it"):
         assert resolve_device("auto") == torch.device("cpu")
@@ -59,3 +62,34 @@ def test_a_gpu_torch_cannot_see_is_a_warning_not_a_silent_cpu_run(monkeypatch):
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
 
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"),
+                                               (False, False, "cpu")])
+def test_auto_picks_cuda_then_apples_gpu_then_the_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(runtime, "system_has_nvidia_gpu", lambda: False)
+    assert resolve_device("auto") == torch.device(expected)
+
+
+def test_mps_is_refused_with_what_to_do_where_torch_sees_no_apple_gpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"'mps' was asked for but torch sees no Apple GPU.*--device cpu or auto"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")
+    assert Config(device="mps").device == "mps"
+
+
+def test_auto_on_an_apple_gpu_is_float32_and_explicit_dtypes_stay(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # the host CPU's bfloat16 is no reason
+    mps = torch.device("mps")
+    assert resolve_dtype("auto", mps) == torch.float32
+    assert resolve_dtype("bfloat16", mps) == torch.bfloat16 and resolve_dtype("float16", mps) == torch.float16
+
+
+def test_on_mps_the_optimizer_skips_on_the_host_and_sums_are_float32():
+    """torch's fused SGD on MPS refuses found_inf, and MPS has no float64."""
+    assert [fused_sgd_can_skip(torch.device(d)) for d in ("cpu", "cuda", "mps")] == [True, True, False]
+    assert [sum_dtype(torch.device(d)) for d in ("cpu", "cuda", "mps")] == [torch.float64, torch.float64, torch.float32]

@@ -10,12 +10,12 @@ import torch.distributed as dist
 from conftest import small_config
 from hw2.checkpoint import list_checkpoints, load_checkpoint
 from hw2.config import FAST_RECIPE, Config
-from hw2.errors import Hw2Error
+from hw2.errors import Hw2Error, ModeldirError
 from hw2.models import ResNet
-from hw2.report import read_metrics
+from hw2.runs import read_metrics
 from hw2.runtime import grad_scaler
 from hw2.train import (METRICS, Interrupted, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
-                       progress_bar, train, train_step)
+                       progress_bar, run_differences, train, train_step)
 
 
 def test_step_schedule_divides_by_ten_after_each_milestone():
@@ -250,3 +250,54 @@ def test_the_progress_bar_fits_the_place(monkeypatch, frontend, bar):
         assert not isinstance(made, tqdm_notebook)
         assert made.fp._wrapped is (sys.stdout if bar == "text on stdout" else sys.stderr)
     made.close()
+
+
+def test_a_notebook_run_again_shows_a_finished_run_continues_an_unfinished_one_and_names_other_parameters(
+        cifar_dir, tmp_path, capsys):
+    config = small_config(cifar_dir, tmp_path, epochs=2, save_interval=1)
+    modeldir = config.checkpoint_dir
+    _, metrics = train(config, continue_same_run=True)
+    capsys.readouterr()
+
+    _, again = train(config, continue_same_run=True)  # Run All again: the finished run, at once
+    out = capsys.readouterr().out
+    assert again == metrics and "Epoch " not in out
+    assert f"{modeldir} holds a run of these same parameters: continuing it" in out
+    assert f"{modeldir} has finished all 2 epochs; nothing to train." in out
+
+    (modeldir / "model-2.ckpt").unlink()  # as if stopped after epoch 1: continued, saying so
+    train(config, continue_same_run=True)
+    out = capsys.readouterr().out
+    assert "holds a run of these same parameters" in out and [line.split(" Loss")[0] for line in out.splitlines()
+                                                              if line.startswith("Epoch ")] == ["Epoch 2"]
+
+    before = {path.name: path.read_bytes() for path in modeldir.iterdir()}
+    with pytest.raises(ModeldirError) as refused:
+        train(dataclasses.replace(config, epochs=3, learning_rate=0.1), continue_same_run=True)
+    message = str(refused.value)
+    assert "other parameters (epochs 2 there, 3 here; learning_rate 0.05 there, 0.1 here)" in message
+    assert "Set those back" in message and "resume = True" in message and "new modeldir" in message
+    assert refused.value._render_traceback_() == [f"ModeldirError: {message}"]  # IPython shows this one line
+    with pytest.raises(ModeldirError) as refused:  # another network: resume cannot continue it
+        train(dataclasses.replace(config, resnet_size=2), continue_same_run=True)
+    assert "resnet_size 1 there, 2 here" in str(refused.value) and "resume = True" not in str(refused.value)
+    assert {path.name: path.read_bytes() for path in modeldir.iterdir()} == before  # not even the log
+
+
+def test_the_command_line_keeps_resume_explicit_and_its_refusal_names_what_differs(cifar_dir, tmp_path):
+    config = small_config(cifar_dir, tmp_path, epochs=1)
+    train(config)
+    with pytest.raises(ModeldirError, match=r"holds checkpoints of a run with these parameters; newest model-1.ckpt. "
+                                            r"Pass --resume to continue that run; to start another, choose a new "
+                                            r"--modeldir"):
+        train(config)
+    with pytest.raises(ModeldirError, match=r"other parameters \(epochs 1 there, 2 here\); newest model-1.ckpt. "
+                                            r"Pass --resume to continue that run with these values"):
+        train(dataclasses.replace(config, epochs=2))
+    with pytest.raises(ModeldirError, match="first_num_filters 8 there, 16 here.*pass the values it has and --resume"):
+        train(dataclasses.replace(config, first_num_filters=16))
+    # where and how a run computes is not what it learns: continuing under other values is the same run
+    assert run_differences(dataclasses.asdict(config), dataclasses.replace(
+        config, device="auto", dtype="float32", data_dir="elsewhere", save_interval=7, compile=True)) == {}
+    old = {k: v for k, v in dataclasses.asdict(config).items() if k != "shortcut"}  # a run from before shortcut
+    assert run_differences(old, config) == {}

@@ -1,0 +1,203 @@
+"""What a modeldir keeps about its run besides the checkpoints, and the table that compares runs
+(`python -m hw2 runs DIR ...`, notebooks/05_compare.ipynb).
+
+    config.json   the run's Config, device and dtype as they resolved (what ran); `Config(**json)` loads it
+    log.txt       what the run printed, each session appended (a progress bar as it last stood)
+    metrics.csv   one row per epoch (hw2.train.MetricsFile)
+    test.csv      checkpoint,tta,accuracy: each test of a checkpoint on the 10,000 test images, the latest kept
+
+A folder of reports/ holds the same files, without the checkpoints.
+"""
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hw2.checkpoint import NAME, latest_checkpoint
+from hw2.errors import Hw2Error
+from hw2.models import ResNet, count_parameters
+
+CONFIG, LOG, METRICS_FILE, TESTS = "config.json", "log.txt", "metrics.csv", "test.csv"
+
+
+def _replace(path, text):
+    """Write `text` to path through a temporary file, so that a reader never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_config(modeldir, fields):
+    _replace(Path(modeldir) / CONFIG, json.dumps(fields, indent=1) + "\n")
+
+
+def read_config(folder):
+    """The run's config as a dict: config.json, or for a run older than config.json its newest checkpoint's."""
+    path = Path(folder) / CONFIG
+    if path.exists():
+        return json.loads(path.read_text())
+    _, checkpoint = latest_checkpoint(folder)
+    if checkpoint is None:
+        raise Hw2Error(f"{folder} is not a run: it has no {CONFIG} and no checkpoint")
+    return checkpoint["config"]
+
+
+def read_metrics(path):
+    """metrics.csv -> metric rows as train() returns them: one {column: float} per epoch."""
+    with open(path, newline="") as f:
+        return [{name: float(value) for name, value in row.items()} for row in csv.DictReader(f)]
+
+
+def record_test(path, tta, accuracy):
+    """Keep a checkpoint's test accuracy in its modeldir's test.csv (replacing an earlier test of it with the
+    same tta). A modeldir that cannot be written is left as it is: testing does not need it."""
+    tests = Path(path).parent / TESTS
+    rows = [row for row in read_tests(tests.parent) if (row["checkpoint"], row["tta"]) != (Path(path).name, str(tta))]
+    rows.append({"checkpoint": Path(path).name, "tta": str(tta), "accuracy": f"{accuracy:.4f}"})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["checkpoint", "tta", "accuracy"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with contextlib.suppress(OSError):
+        _replace(tests, text.getvalue())
+
+
+def read_tests(folder):
+    path = Path(folder) / TESTS
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class _Tee:
+    """A text stream that writes to `stream` and keeps each finished line in `log` as it last stood: text
+    after a carriage return replaces the line's earlier text, and a line left blank by a progress bar that
+    cleared itself is dropped. Anything else (encoding, isatty, ...) is the stream's."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log, self.line = stream, log, ""
+
+    def write(self, text):
+        self.stream.write(text)
+        *finished, self.line = (self.line + text).split("\n")
+        for line in finished:
+            self._keep(line)
+        self.line = self.line.rpartition("\r")[2]  # a progress bar redraws its line over and over
+        return len(text)
+
+    def _keep(self, line):
+        line = line.rpartition("\r")[2]
+        if line == "" or line.strip():
+            self.log.write(line + "\n")
+
+    def close_line(self):
+        if self.line.strip():
+            self._keep(self.line)
+
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def log_output(modeldir, heading):
+    """Keep what is printed (stdout and stderr) inside the block in modeldir/log.txt, after `heading`; an
+    exception that ends the block is kept as its one line."""
+    with open(Path(modeldir) / LOG, "a", encoding="utf-8") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {heading}\n")
+        out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
+        except BaseException as e:
+            out.close_line()
+            err.close_line()
+            log.write(f"{type(e).__name__}: {e}\n")
+            raise
+
+
+# --- the table of runs --------------------------------------------------------------------------------
+
+def format_table(header, rows, left=1):
+    """A plain-text table: the first `left` columns left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def network(config):
+    """('ResNet-20 v1', parameter count) of a run's config; the network is built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = ResNet(config["resnet_version"], config["resnet_size"], config["num_classes"],
+                       config["first_num_filters"], config.get("shortcut", "projection"))
+    return f"ResNet-{model.depth} v{config['resnet_version']}", count_parameters(model)
+
+
+def recipe(config):
+    """The training recipe in a few words: rate and schedule, batch, weight decay, and what else is on."""
+    c = config
+    if c["lr_schedule"] == "step":
+        drops = ",".join(map(str, [m for m in c["lr_milestones"] if m < c["epochs"]]))
+        words = [f"lr {c['learning_rate']:g}" + (f" /10 at {drops}" if drops else "")]
+    else:
+        words = [f"lr {c['learning_rate']:g} cosine"]
+    if c["warmup_epochs"]:
+        words.append(f"warm-up {c['warmup_epochs']:g}")
+    words += [f"batch {c['batch_size']}", f"wd {c['weight_decay']:g}"]
+    words += [name for name in ("nesterov", "tta") if c[name]]
+    if c["label_smoothing"]:
+        words.append(f"smoothing {c['label_smoothing']:g}")
+    if c["resize_fraction"]:
+        words.append(f"resize {c['resize_fraction']:g}")
+    if c["train_subset"]:
+        words.append(f"{c['train_subset']} images")
+    return ", ".join(words)
+
+
+def _percent(value):
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def _duration(seconds):
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def run_row(folder):
+    """One run's row of runs_table."""
+    config = read_config(folder)
+    metrics_path = Path(folder) / METRICS_FILE
+    metrics = read_metrics(metrics_path) if metrics_path.exists() else []
+    valid = [row["valid_acc"] for row in metrics if not math.isnan(row["valid_acc"])]
+    tests = read_tests(folder)
+    newest = max((row["checkpoint"] for row in tests), default=None, key=lambda name: int(NAME.match(name)[1]))
+    test = " / ".join(f"{100 * float(row['accuracy']):.2f}%" + (" tta" if row["tta"] == "True" else "")
+                      for row in sorted(tests, key=lambda row: row["tta"]) if row["checkpoint"] == newest)
+    name, parameters = network(config)
+    return [Path(folder).name, name, recipe(config), f"{parameters:,}", f"{len(metrics)}/{config['epochs']}",
+            _percent(max(valid, default=None)), _percent(valid[-1] if valid else None), test or "-",
+            _duration(sum(row["seconds"] for row in metrics)), f"{config['device']} {config['dtype']}"]
+
+
+def runs_table(folders):
+    """One row per run (a modeldir, or a folder of reports/): network, recipe, parameters, epochs done of
+    those asked for, best and last validation accuracy, test accuracy of the newest tested checkpoint,
+    training time (the epochs' seconds added up), device and dtype."""
+    header = ["run", "network", "recipe", "parameters", "epochs", "best valid", "last valid", "test", "time",
+              "device"]
+    return format_table(header, [run_row(folder) for folder in folders], left=3)

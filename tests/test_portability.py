@@ -1,0 +1,142 @@
+"""hw2 where students run it, simulated here on Linux: Windows (no fcntl; folders that cannot be opened;
+Ctrl-Break instead of SIGTERM; the code's Windows branches chosen through its one switch, hw2.runtime.WINDOWS)
+and macOS's Apple GPU (MPS: the optimizer path chosen for it). Neither was tried on its hardware: these tests
+run hw2's branches for them, not the platforms. Device selection with availability mocked is in
+tests/test_runtime.py."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import filelock
+import torch
+
+import hw2.train
+from hw2 import runtime
+from hw2.checkpoint import ModeldirLock, list_checkpoints, load_checkpoint, save_checkpoint
+from hw2.models import ResNet
+from hw2.train import _StopRequests, make_optimizer, train_step
+
+# Run first by `python -c`: Linux made to look like Windows to hw2. filelock's Windows lock (LockFileEx) cannot
+# run on Linux, so its flock lock stands in for it, imported before fcntl is hidden; SIGUSR1 stands in for
+# Ctrl-Break's SIGBREAK, which Linux lacks.
+WINDOWS = """
+import errno, os, signal, sys
+import filelock
+filelock.WindowsFileLock = filelock.UnixFileLock
+sys.modules["fcntl"] = None  # as on Windows: nothing imported from here on may need it
+signal.SIGBREAK = signal.SIGUSR1
+real_open = os.open
+def open_no_folder(path, flags, *args, **kwargs):
+    if os.path.isdir(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    return real_open(path, flags, *args, **kwargs)
+os.open = open_no_folder
+from hw2 import runtime
+runtime.WINDOWS = True
+"""
+CLI = "from hw2.__main__ import main; sys.exit(main(sys.argv[1:]))"
+
+
+def on_windows(*args, background=False):
+    """`python -m hw2 ARGS` under WINDOWS: the finished process, or with background=True the running one."""
+    command = [sys.executable, "-c", WINDOWS + CLI, *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if background:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_hw2_imports_without_fcntl():
+    """Every module a command or notebook starts from, with fcntl missing from the start, as on Windows."""
+    script = "import sys; sys.modules['fcntl'] = None; import hw2.__main__, hw2.report, hw2.bench, hw2.evaluate"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_train_stop_resume_test_and_a_busy_modeldir_on_windows(cifar_dir, tmp_path):
+    modeldir = tmp_path / "model"
+    small = ["--resnet_size", "1", "--first_num_filters", "8", "--batch_size", "20", "--valid_size", "40",
+             "--save_interval", "1", "--data_dir", cifar_dir, "--modeldir", modeldir, "--device", "cpu"]
+    process = on_windows("train", *small, "--epochs", "30", background=True)
+    deadline = time.time() + 120
+    while not (modeldir / "model-1.ckpt").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "model-1.ckpt never appeared"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGUSR1)  # Ctrl-Break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGUSR1, err
+    assert "stopping after this step" in out and "--resume" in err
+    stopped = list_checkpoints(modeldir)[-1]
+    assert stopped.name != "model-30.ckpt" and str(stopped) in err
+
+    run = on_windows("train", *small, "--epochs", "3", "--resume")
+    assert run.returncode == 0, run.stderr
+    assert f"Resuming from {stopped}" in run.stdout
+    assert load_checkpoint(modeldir / "model-3.ckpt")["epoch"] == 3
+    assert not (modeldir / ".lock").exists()
+
+    with ModeldirLock(modeldir):  # another run, from this process
+        run = on_windows("train", *small, "--epochs", "4", "--resume")
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {modeldir} is in use by another training run (PID {os.getpid()}); wait for "
+                                 "it, stop it, or choose another --modeldir (modeldir = ... in a notebook)")
+    assert not (modeldir / "model-4.ckpt").exists()
+
+    run = on_windows("test", "--data_dir", cifar_dir, "--modeldir", modeldir)
+    assert run.returncode == 0, run.stderr
+    assert f"Restored model parameters from {modeldir / 'model-3.ckpt'}" in run.stdout
+
+
+def test_a_checkpoint_is_written_where_a_folder_cannot_be_opened(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def open_no_folder(path, flags, *args, **kwargs):  # as on Windows
+        if os.path.isdir(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_no_folder)
+    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}}, tmp_path / "model-1.ckpt")
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path / "model-1.ckpt")["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["model-1.ckpt"]
+
+
+def test_the_modeldir_lock_is_the_system_lock_of_the_platform(tmp_path, monkeypatch):
+    """filelock's lock that the system releases (never its soft lock, a file that merely exists)."""
+    assert type(ModeldirLock(tmp_path).lock) is filelock.UnixFileLock
+    monkeypatch.setattr(runtime, "WINDOWS", True)
+    assert type(ModeldirLock(tmp_path).lock) is filelock.WindowsFileLock
+
+
+def test_windows_stops_on_ctrl_c_and_ctrl_break_and_leaves_sigterm_alone(monkeypatch):
+    monkeypatch.setattr(runtime, "WINDOWS", True)
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)  # Linux has no Ctrl-Break
+    sigterm = signal.getsignal(signal.SIGTERM)
+    with _StopRequests() as stop:
+        assert signal.getsignal(signal.SIGTERM) == sigterm
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGUSR1) == stop._handle
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+        assert stop.requested(1, torch.device("cpu")) and stop.signum == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL, "handler restored"
+
+
+def test_where_fused_sgd_cannot_skip_as_on_mps_the_plain_optimizer_skips_a_nonfinite_step(monkeypatch):
+    monkeypatch.setattr(hw2.train, "fused_sgd_can_skip", lambda device: False)
+    torch.manual_seed(0)
+    model = ResNet(1, 1, 10, 8)
+    optimizer = make_optimizer(model, learning_rate=0.1)
+    assert not optimizer.defaults["fused"]
+    images, labels, cpu = torch.randn(8, 3, 32, 32), torch.arange(8), torch.device("cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    _, _, finite = train_step(model, optimizer, images.fill_(float("nan")), labels, cpu, torch.float32)
+    assert not finite
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no step on a NaN loss"
+    _, _, finite = train_step(model, optimizer, torch.randn(8, 3, 32, 32), labels, cpu, torch.float32)
+    assert finite
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "a step on a finite loss"

@@ -1,0 +1,89 @@
+"""What a modeldir keeps besides its checkpoints (config.json, log.txt, test.csv) and the table of runs."""
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hw2.config import FAST_RECIPE, Config
+from hw2.data import load_test_data
+from hw2.errors import Hw2Error
+from hw2.evaluate import evaluate_checkpoints
+from hw2.runs import log_output, read_tests, recipe, runs_table
+from hw2.train import train
+from conftest import small_config
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys):
+    config = small_config(cifar_dir, tmp_path, epochs=2, save_interval=1)
+    train(config)
+    printed = capsys.readouterr().out.splitlines()
+    modeldir = config.checkpoint_dir
+    saved = json.loads((modeldir / "config.json").read_text())
+    assert saved["device"] == "cpu" and saved["dtype"] in ("float32", "bfloat16")
+    assert Config(**saved) == dataclasses.replace(config, dtype=saved["dtype"])  # readable, and a Config
+    log = (modeldir / "log.txt").read_text().splitlines()
+    assert log[0].startswith("--- ") and log[0].endswith(" train") and log[1:] == printed
+    assert "\r" not in "".join(log) and sum(line.startswith("Epoch ") for line in log) == 2
+
+    train(dataclasses.replace(config, epochs=3, resume=True))  # a second session adds to the log
+    log = (modeldir / "log.txt").read_text()
+    assert log.count("\n--- ") == 1 and "Resuming from" in log and "Epoch 3 Loss" in log
+    assert json.loads((modeldir / "config.json").read_text())["epochs"] == 3
+
+
+def test_the_log_keeps_lines_as_they_last_stood_and_the_error_that_ended_the_run(tmp_path, capsys):
+    with pytest.raises(ValueError):
+        with log_output(tmp_path, "heading"):
+            print("first")
+            print("\rbar 1/2\rbar 2/2\r       \r", end="")  # a progress bar that cleared itself
+            print("second")
+            print("\rbar 1/2\rbar 2/2")                       # one that stayed
+            raise ValueError("what went wrong")
+    assert capsys.readouterr().out.startswith("first\n\rbar 1/2")  # the screen got everything
+    log = (tmp_path / "log.txt").read_text().splitlines()
+    assert log[1:] == ["first", "second", "bar 2/2", "ValueError: what went wrong"]
+
+
+def test_testing_a_checkpoint_keeps_its_accuracy_for_the_table(cifar_dir, tmp_path, capsys):
+    config = small_config(cifar_dir, tmp_path, epochs=2, save_interval=1)
+    train(config)
+    x, y = load_test_data(cifar_dir)
+    paths = [config.checkpoint_dir / "model-1.ckpt", config.checkpoint_dir / "model-2.ckpt"]
+    [_, last] = evaluate_checkpoints(paths, x, y, "cpu")
+    evaluate_checkpoints(paths[1:], x, y, "cpu", tta=True)
+    evaluate_checkpoints(paths[1:], x, y, "cpu", tta=True)  # again: replaces, not adds
+    assert [(row["checkpoint"], row["tta"]) for row in read_tests(config.checkpoint_dir)] == [
+        ("model-1.ckpt", "False"), ("model-2.ckpt", "False"), ("model-2.ckpt", "True")]
+
+    header, rule, row = runs_table([config.checkpoint_dir]).splitlines()
+    assert header.split()[:4] == ["run", "network", "recipe", "parameters"]
+    assert row.startswith("model  ResNet-8 v1  lr 0.05, batch 20, wd 0.0001")  # small_config, no milestone left
+    assert " 2/2 " in row and f"{100 * last['accuracy']:.2f}% / " in row and "% tta" in row
+    assert row.endswith(f"cpu {json.loads((config.checkpoint_dir / 'config.json').read_text())['dtype']}")
+
+
+def test_a_run_without_config_json_is_read_from_its_checkpoint(cifar_dir, tmp_path):
+    config = small_config(cifar_dir, tmp_path, epochs=1)
+    train(config)
+    (config.checkpoint_dir / "config.json").unlink()  # as a run from before config.json
+    assert "ResNet-8 v1" in runs_table([config.checkpoint_dir])
+    with pytest.raises(Hw2Error, match="is not a run: it has no config.json and no checkpoint"):
+        runs_table([tmp_path])
+
+
+def test_the_recipe_in_a_few_words():
+    assert recipe(dataclasses.asdict(Config())) == "lr 0.1 /10 at 91,136, batch 128, wd 0.0001"
+    assert recipe(dataclasses.asdict(Config(**FAST_RECIPE))) == (
+        "lr 0.2 cosine, warm-up 1, batch 128, wd 0.0005, nesterov, tta, smoothing 0.1, resize 0.75")
+
+
+def test_the_runs_in_reports_compare():
+    table = runs_table(sorted(path for path in REPORTS.iterdir() if (path / "metrics.csv").exists()))
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert sorted(rows) == ["r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
+    assert "182/182" in rows["r20_he"] and "87.84%      87.54%  87.42% / 89.04% tta" in rows["r20_he"]
+    assert rows["r20_he"].endswith("cpu bfloat16") and rows["v2_size2"].split()[1:3] == ["ResNet-20", "v2"]
