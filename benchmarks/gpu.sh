@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# hw2 on one CUDA GPU with no network, in one device call of 600 s: a pre-flight of every step's imports,
+# hw2 on one CUDA GPU with no network, within a time budget: a pre-flight of every step's imports,
 # the CIFAR-10 stand-in written into data/, the GPU tests, a resume check (benchmarks/resume_check.py),
 # `python -m hw2.bench` for ResNet-20 (compiled), He et al.'s full 182-epoch ResNet-20 recipe (`python -m hw2
 # train` with the default flags but --modeldir, --device and --compile) and its `python -m hw2 test`
@@ -7,24 +7,24 @@
 # on this machine's torch, and the summary again.
 #
 #   bash benchmarks/prepare_gpu_carry.sh           # here first: .shared-data/ (the data's source, the commit)
-#   bash benchmarks/gpu.sh "$OUT"                  # device call: carry [".shared-data"], timeout_s 600
+#   bash benchmarks/gpu.sh OUT                     # on the GPU machine, with .shared-data/ beside the repo
 #   bash benchmarks/gpu.sh --dry-run [OUT]         # on a CPU: the same steps on toy sizes, limits doubled
 #
 # What the GPU machine needs: python3 with a CUDA build of torch (used as it is: never installed here),
-# numpy, matplotlib, tqdm, pytest, pillow (all in the device image); wheels in .whl/ (prepare_gpu_carry.sh
-# NAME==VERSION fetches them) are installed into /tmp/site by the pre-flight.
+# numpy, matplotlib, tqdm, pytest, pillow; wheels in .whl/ (prepare_gpu_carry.sh NAME==VERSION fetches them)
+# are installed into /tmp/site by the pre-flight.
 #
-# Time (printed first): of the budget (560 s), the recipe, its test and the summary are sure of their
-# limits (300, 20 and 15 s), each plus the $grace s that `timeout -k` may add; the steps before them share
-# the rest (210 s), in order, each at most its own limit and cut to what is left of the share; the extras
-# run in what is left at the end, always leaving the summary's. So nothing runs past the budget, and the
-# recipe starts with its 300 s whatever the steps before it do. At its limit a step is stopped with
-# SIGTERM (SIGINT for pytest, which then prints what passed; hw2 train answers either with a checkpoint, so
-# the recipe's accuracy is tested even when it runs out of time) and killed $grace s later.
+# Time (printed first): of the budget (HW2_GPU_BUDGET seconds, 560 by default), the recipe, its test and the
+# summary are sure of their limits (300, 20 and 15 s), each plus the $grace s that `timeout -k` may add; the
+# steps before them share the rest (210 s), in order, each at most its own limit and cut to what is left of
+# the share; the extras run in what is left at the end, always leaving the summary's. So nothing runs past
+# the budget, and the recipe starts with its 300 s whatever the steps before it do. At its limit a step is
+# stopped with SIGTERM (SIGINT for pytest, which then prints what passed; hw2 train answers either with a
+# checkpoint, so the recipe's accuracy is tested even when it runs out of time) and killed $grace s later.
 #
-# OUT gets 7 files (a device call returns at most 8), each as soon as its step ends: gpu.log (everything
-# printed, as it goes), bench_resnet20.json, resume.json, metrics.csv and the newest checkpoint of the
-# recipe, summary.json, bench_resnet110.json.
+# OUT gets 7 files, each as soon as its step ends, so a run cut short keeps what it finished: gpu.log
+# (everything printed, as it goes), bench_resnet20.json, resume.json, metrics.csv and the newest checkpoint
+# of the recipe, summary.json, bench_resnet110.json.
 set -uo pipefail  # no -e: a failed step is recorded in summary.json and the next step still runs
 
 dry_run=0

@@ -18,12 +18,12 @@ import sys
 from hw2.checkpoint import ARCHITECTURE
 from hw2.config import RECIPES, Config, help_text
 from hw2.data import CLASSES, TEST_BATCH, download, load_test_data
-from hw2.errors import Hw2Error
+from hw2.errors import Hw2Error, Interrupted
 from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
 from hw2.published import LAYOUT, import_checkpoint
 from hw2.runs import runs_table
 from hw2.runtime import resolve_device, resolve_dtype
-from hw2.train import Interrupted, train
+from hw2.train import train
 
 
 def format_default(value):

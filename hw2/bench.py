@@ -150,7 +150,8 @@ def load(data_dir, seed):
     return x_train, y_train, x_test, y_test, "random uint8 images (no CIFAR-10 in --data_dir)"
 
 
-def main(argv=None):
+def parse_args(argv):
+    """The flags, checked -> (args, the device); a bad one exits as argparse does, with status 2."""
     parser = argparse.ArgumentParser(prog="python -m hw2.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--resnet_version", type=int, default=1, choices=(1, 2))
     parser.add_argument("--resnet_size", type=int, default=3)
@@ -171,15 +172,16 @@ def main(argv=None):
     for name in ("resnet_size", "batch_size", "steps", "eval_images", "ref_eval_images", "windows"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-
     try:
-        device = resolve_device(args.device)
+        return args, resolve_device(args.device)
     except (ValueError, RuntimeError) as e:
         parser.error(f"--device {args.device}: {e}")
-    dtype = resolve_dtype(args.dtype, device)
-    use_fastest_kernels(device)  # as training does
-    torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test, data = load(args.data_dir, args.seed)
+
+
+def window_runs(args, device, dtype, train_data, test_data):
+    """hw2's network and what a window runs, in turn: [(program, task, one window, images in it: None for the
+    fold, which is reported in seconds)]. train_data and test_data are (uint8 images, labels)."""
+    (x_train, y_train), (x_test, y_test) = train_data, test_data
     mean, std = channel_stats(x_train)
     x_eval, y_eval = x_test[:args.eval_images], y_test[:args.eval_images]
     x_ref_eval, y_ref_eval = x_test[:args.ref_eval_images], y_test[:args.ref_eval_images]
@@ -218,7 +220,7 @@ def main(argv=None):
         for _ in range(steps):
             train_step(reference, ref_optimizer, *ref_ready, device, torch.float32)
 
-    runs = [  # (program, task, one window, images in it: None for the fold, reported in seconds)
+    return model, [
         ("hw2", "train", hw2_train, steps * batch),
         ("reference", "train", ref_train, steps * batch),
         ("hw2", "step", hw2_step, steps * batch),
@@ -229,25 +231,36 @@ def main(argv=None):
         ("reference", "eval", lambda: reference_evaluate(reference, x_ref_eval, y_ref_eval, mean, std, device),
          len(x_ref_eval)),
     ]
+
+
+def measure(runs, warmup, windows, device):
+    """Every run once a window, `warmup` untimed windows then `windows` timed ones -> (images per second,
+    {program: {task: [one a timed window]}}, the fold's seconds [one a timed window])."""
     samples = {program: {task: [] for _, task, _, images in runs if images} for program in ("hw2", "reference")}
     fold_seconds = []
-    for window in range(args.warmup + args.windows):
+    for window in range(warmup + windows):
         for program, task, run, images in runs:
             elapsed = timed(run, device)
-            if window < args.warmup:
+            if window < warmup:
                 continue
             if images:
                 samples[program][task].append(images / elapsed)
             else:
                 fold_seconds.append(elapsed)
+    return samples, fold_seconds
 
+
+def summary(args, model, device, dtype, data, runs, samples, fold_seconds):
+    """The JSON object: the settings, the medians of what `measure` timed and the ratios and FLOP rates derived
+    from them, beside this machine's matmul rates (measured here) and its peak memory."""
+    images = {(program, task): n for program, task, _, n in runs}
     median = {program: {task: statistics.median(rates) for task, rates in tasks.items()}
               for program, tasks in samples.items()}
     flops = forward_flops(args.resnet_version, args.resnet_size)
     matmul = {name: matmul_gflops(device, t) for name, t in DTYPES.items()}
-    result = {
+    return {
         "model": f"ResNet-{model.depth} (version {args.resnet_version}, resnet_size {args.resnet_size})",
-        "batch_size": batch,
+        "batch_size": args.batch_size,
         "device": str(device),
         **processor(device),
         "dtype": str(dtype).removeprefix("torch."),
@@ -256,7 +269,8 @@ def main(argv=None):
         "torch": torch.__version__,
         "data": data,
         "compile": args.compile,
-        "steps_per_window": steps, "eval_images": len(x_eval), "ref_eval_images": len(x_ref_eval),
+        "steps_per_window": args.steps, "eval_images": images["hw2", "eval"],
+        "ref_eval_images": images["reference", "eval"],
         "warmup_windows": args.warmup, "windows": args.windows,
         "img_per_s": median,
         "img_per_s_windows": {program: {task: [round(r, 1) for r in rates] for task, rates in tasks.items()}
@@ -276,7 +290,17 @@ def main(argv=None):
         "matmul_size": {name: n for name, (n, _) in matmul.items()},
         "peak_memory_mib": peak_memory_mib(device),
     }
-    print(json.dumps(result, indent=2))
+
+
+def main(argv=None):
+    args, device = parse_args(argv)
+    dtype = resolve_dtype(args.dtype, device)
+    use_fastest_kernels(device)  # as training does
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test, data = load(args.data_dir, args.seed)
+    model, runs = window_runs(args, device, dtype, (x_train, y_train), (x_test, y_test))
+    samples, fold_seconds = measure(runs, args.warmup, args.windows, device)
+    print(json.dumps(summary(args, model, device, dtype, data, runs, samples, fold_seconds), indent=2))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 BATCHES = TRAIN_BATCHES + [TEST_BATCH]
 OFFICIAL_TEST_MD5 = "40351d587109b95175f43aff81a1287e"
-# The offline stand-in (../shared/data/make_cifar10.py) is known by its test images' names (`<class>_<NNNN>.png`,
-# in its fixed order), not by its pixels: it decodes JPEGs, and another pillow may decode them a little differently.
+# The JPEG stand-in (CIFAR-10's images from a public JPEG re-encoding, in CIFAR-10's batch files) is known by its
+# test images' names (`<class>_<NNNN>.png`, in its fixed order), not by its pixels: they are decoded JPEGs, and
+# another JPEG decoder may decode them a little differently.
 STANDIN_TEST_NAMES_MD5 = "e9f28711647f74ce904fe2d5a6274a02"  # of repr(test_batch's b"filenames")
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -192,7 +193,7 @@ def load_test_data(data_dir="data"):
 
 def data_label(data_dir="data"):
     """What the figures should call the data in data_dir: the official files (byte for byte), the JPEG
-    stand-in made by ../shared/data/make_cifar10.py (its image names), or another copy."""
+    stand-in (by its test images' names), or another copy."""
     path = Path(data_dir) / BATCH_DIR / TEST_BATCH
     if md5sum(path) == OFFICIAL_TEST_MD5:
         return "CIFAR-10"

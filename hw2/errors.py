@@ -1,5 +1,6 @@
 """Expected failures: each message says what is wrong and what to do, and the command line prints it as one
 line. Anything else (a shape bug, CUDA out of memory) is a bug or a resource problem and keeps its traceback."""
+import signal
 
 
 class Hw2Error(Exception):
@@ -32,3 +33,12 @@ class ModeldirBusy(ModeldirError):
 
 class TrainingDiverged(Hw2Error):
     """The loss became infinite or NaN."""
+
+
+class Interrupted(Hw2Error):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum, path):
+        self.signum, self.path = signum, path
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. Run the same "
+                         "command with --resume (resume = True in a notebook) to continue.")

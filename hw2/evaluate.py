@@ -63,16 +63,21 @@ def evaluation_batch_size(device):
 
 
 def evaluate(model, x, y, mean, std, batch_size=None, device="auto", dtype="auto", tta=False, fold=True):
-    """Evaluate on uint8 images x [N, 3072] with labels y [N] -> dict with loss, accuracy,
-    per_class_accuracy [C] and confusion [C, C] (rows: true class, columns: predicted). batch_size None:
-    evaluation_batch_size(device). fold False: `model` is already fold_batchnorm's copy (the benchmark
-    folds once, outside its timed windows) or in evaluation mode, and runs as it is."""
+    """Evaluate on uint8 images x [N, 3072] with labels y [N] -> dict of
+        loss                 mean cross-entropy (float)
+        accuracy             fraction of the N images predicted right (float)
+        per_class_accuracy   [C] float tensor: each true class's fraction predicted right (0 for an absent class)
+        confusion            [C, C] int64 tensor of image counts (rows: true class, columns: predicted)
+        predicted            [N] int64 tensor: the class predicted for each image of x, in x's order
+    (all on the CPU). batch_size None: evaluation_batch_size(device). The model is left as it was, on its
+    device and in its mode: the folded copy is what runs on `device`. fold False: `model` is already
+    fold_batchnorm's copy (the benchmark folds once, outside its timed windows) or in evaluation mode, and runs
+    as it is, so it must already be on `device`."""
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     batch_size = batch_size or evaluation_batch_size(device)
-    model.to(device)
     loader = Loader(x, y, batch_size, mean, std, device, training=False)
-    logits = predict(fold_batchnorm(model) if fold else model, loader, dtype, tta)
+    logits = predict(fold_batchnorm(model).to(device) if fold else model, loader, dtype, tta)
     labels = loader.y
     num_classes = logits.shape[1]
     predicted = logits.argmax(1)

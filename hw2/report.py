@@ -1,22 +1,15 @@
-"""What the notebooks show: text tables and figures, and how a notebook turns its parameters cell into a
-Config.
+"""What the notebooks show: text tables and figures (hw2.notebook is how a notebook runs: its parameters,
+its paths, live output).
 
 Figures are matplotlib `Figure` objects made without pyplot, so nothing is drawn or kept behind the
 caller's back: a notebook shows one by leaving it as a cell's value, anyone can `fig.savefig(path)`.
 """
-import ast
-import dataclasses
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from hw2.augment import PAD, SIZE, parse_record
-from hw2.config import Config, help_text
 from hw2.data import CLASSES
-from hw2.errors import ConfigError
 from hw2.models import SHORTCUTS, ResNet, count_parameters
 from hw2.runs import format_table
 from hw2.train import METRICS
@@ -32,62 +25,6 @@ PAPER_NETWORKS = {
     (1, 200): ("ResNet-1202", "19.4M"),
     (2, 18): ("ResNet-164 (pre-activation)", "1.7M"),
 }
-
-
-# --- notebooks ----------------------------------------------------------------------------------------
-
-FIELDS = [f.name for f in dataclasses.fields(Config)]
-PAPERMILL_HEADER = "# Parameters\n"  # how the cell papermill injects after the parameters cell starts
-
-
-def parameter_lines(names=FIELDS):
-    """A parameters cell's lines: each Config field with its default and its meaning, `name = default  # help`."""
-    defaults = dataclasses.asdict(Config())
-    assignments = [f"{name} = {defaults[name]!r}" for name in names]
-    width = max(map(len, assignments), default=0)
-    return [f"{line:{width}}  # {help_text(name)}" for line, name in zip(assignments, names)]
-
-
-def project_dir(start="."):
-    """The checkout a notebook belongs to: the nearest of `start` and its parents that holds hw2/ and
-    notebooks/ (JupyterLab starts a kernel in notebooks/, papermill in the caller's folder); `start` itself
-    when there is none (a notebook run outside a checkout)."""
-    start = Path(start).resolve()
-    return next((folder for folder in [start, *start.parents]
-                 if (folder / "hw2").is_dir() and (folder / "notebooks").is_dir()), start)
-
-
-def in_project(path):
-    """A relative path parameter (data_dir, modeldir) taken from project_dir() and spelled from the current
-    folder, so that it names the same place whichever folder the kernel started in; an absolute one as is."""
-    return str(path) if Path(path).is_absolute() else os.path.relpath(project_dir() / path)
-
-
-def injected_names(inputs):
-    """Names assigned in the last cell papermill injected, among a kernel's inputs (IPython's `In`)."""
-    injected = [source for source in inputs if source.startswith(PAPERMILL_HEADER)]
-    body = ast.parse(injected[-1]).body if injected else []
-    return {target.id for node in body if isinstance(node, ast.Assign) for target in node.targets}
-
-
-def notebook_config(namespace, names=FIELDS, others=()):
-    """The Config a notebook's parameters cell sets: Config.from_parameters(namespace, names), with data_dir
-    and modeldir made relative to the project (in_project). `others` are the notebook's parameters that are
-    not Config fields; any other name that papermill injected (`-p resnet_sise 5`) is a ConfigError, where
-    it would otherwise be ignored."""
-    unknown = sorted(injected_names(namespace.get("In", [])) - {*names, *others})
-    if unknown:
-        raise ConfigError(f"{', '.join(unknown)}: not a parameter of this notebook; "
-                          f"its parameters are {', '.join([*names, *others])}")
-    config = Config.from_parameters(namespace, names)
-    return dataclasses.replace(config, data_dir=in_project(config.data_dir), modeldir=in_project(config.checkpoint_dir))
-
-
-def report_dir(config):
-    """Where the notebooks save a run's figures: reports/<modeldir's name>/ in the project, made when missing."""
-    folder = Path(in_project("reports")) / Path(config.modeldir).name
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -126,7 +63,8 @@ def sample_grid(x, y, per_class=8, classes=CLASSES, seed=0):
 
 
 class _FixedDraws:
-    """Stands in for parse_record's random generator, so that it crops at (dy, dx) and flips as told."""
+    """augmentation_steps' random generator for parse_record: it crops at (dy, dx) and flips as told, so that
+    the figure shows the training augmentation's own crop and flip, not a copy of them."""
 
     def __init__(self, dy, dx, flip):
         self.offsets, self.flip = np.array([dy, dx]), flip
@@ -213,29 +151,6 @@ def training_curves(metrics, title=""):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     return fig
-
-
-def display(*args, **kwargs):
-    """IPython's display, imported when first called: importing hw2.report needs no IPython outside a
-    notebook (the GPU machines have none)."""
-    from IPython.display import display
-    return display(*args, **kwargs)
-
-
-class LiveCurves:
-    """train()'s on_epoch callback in a notebook: shows training_curves of the epochs so far as one output
-    and redraws it in place after each epoch (live in JupyterLab; a saved notebook keeps the last drawing)."""
-
-    def __init__(self, title=""):
-        self.title, self.shown = title, None
-
-    def __call__(self, metrics):
-        fig = training_curves(metrics, self.title)
-        if self.shown is None:
-            self.shown = display(fig, display_id=True)
-        else:
-            self.shown.update(fig)
-        return fig
 
 
 def metrics_table(metrics, epochs):

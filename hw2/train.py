@@ -25,7 +25,7 @@ from hw2.augment import SIZE, Loader, channel_stats, channel_tensors
 from hw2.checkpoint import (ARCHITECTURE, NAME, ModeldirLock, check_architecture, checkpoint_path, latest_checkpoint,
                             list_checkpoints, save_checkpoint)
 from hw2.data import download, load_data, train_valid_split
-from hw2.errors import ConfigError, Hw2Error, ModeldirError, TrainingDiverged
+from hw2.errors import ConfigError, Interrupted, ModeldirError, TrainingDiverged
 from hw2.evaluate import evaluate
 from hw2.models import ResNet, count_parameters
 from hw2.runs import CONFIG, LOG, METRICS_FILE, log_output, write_config
@@ -132,15 +132,6 @@ class EpochTotals:
             dist.all_reduce(sums)
         loss, correct, seen = sums.tolist()
         return (loss / seen, correct / seen) if seen else (float("nan"), float("nan"))
-
-
-class Interrupted(Hw2Error):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
-
-    def __init__(self, signum, path):
-        self.signum, self.path = signum, path
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. Run the same "
-                         "command with --resume (resume = True in a notebook) to continue.")
 
 
 class _StopRequests:

@@ -118,6 +118,12 @@ def small_config(cifar_dir, tmp_path, **overrides):
     return Config(**settings)
 
 
+def metric_rows(epochs):
+    """`epochs` rows of metrics.csv as read_metrics returns them, without validation (valid_size 0)."""
+    return [{"epoch": epoch, "lr": 0.1 / epoch, "train_loss": 2 / epoch, "train_acc": 0.2 * epoch,
+             "valid_loss": float("nan"), "valid_acc": float("nan"), "seconds": 1.5} for epoch in range(1, epochs + 1)]
+
+
 def untrained_checkpoint(path, **fields):
     """Write `path` as the checkpoint of an untrained (seeded) network of Config(**fields) -> the network."""
     config = Config(**fields)

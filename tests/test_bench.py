@@ -43,6 +43,26 @@ def test_bench_reports_hw2_and_reference_side_by_side(cifar_dir, capsys):
     assert report["peak_memory_mib"] > 0
 
 
+def test_the_result_is_the_medians_of_the_windows_and_what_follows_from_them():
+    """summary() on made-up windows: the medians, their ratios and the FLOP rates are derived, not measured."""
+    args, device = bench.parse_args(TINY)
+    samples = {"hw2": {"train": [100.0, 300.0, 200.0], "step": [400.0, 500.0, 400.0], "eval": [3000.0, 1000.0, 2000.0]},
+               "reference": {"train": [50.0, 50.0, 60.0], "step": [90.0, 100.0, 110.0], "eval": [10.0, 30.0, 20.0]}}
+    runs = [("hw2", "eval", None, 16), ("reference", "eval", None, 4)]  # summary reads only the image counts
+    report = bench.summary(args, ResNet(1, 1), device, torch.float32, "made up", runs, samples, [0.5, 0.1, 0.3])
+    assert report["img_per_s"] == {"hw2": {"train": 200.0, "step": 400.0, "eval": 2000.0},
+                                   "reference": {"train": 50.0, "step": 100.0, "eval": 20.0}}
+    assert report["img_per_s_windows"] == samples and report["fold_batchnorm_seconds"] == 0.3
+    assert report["ratios"] == {"hw2_train_end_to_end_over_step": 0.5, "train_hw2_over_reference": 4.0,
+                                "eval_hw2_over_reference": 100.0}
+    forward = report["mflop_per_image"]["forward"] * 1e6
+    assert report["gflop_per_s"]["hw2_train"] == pytest.approx(200 * 3 * forward / 1e9)
+    assert report["gflop_per_s"]["hw2_eval"] == pytest.approx(2000 * forward / 1e9)
+    assert (report["model"], report["dtype"], report["data"]) == ("ResNet-8 (version 1, resnet_size 1)", "float32",
+                                                                   "made up")
+    assert (report["eval_images"], report["ref_eval_images"], report["windows"]) == (16, 4, 3)
+
+
 def test_batchnorm_is_folded_once_a_window_and_never_inside_the_evaluation_window(cifar_dir, monkeypatch, capsys):
     folds = []
 

@@ -21,8 +21,9 @@ from hw2 import bench
 from hw2.augment import Loader, augment_batch, step_generator
 from hw2.checkpoint import load_checkpoint
 from hw2.data import load_data
+from hw2.errors import Interrupted
 from hw2.evaluate import evaluate_checkpoints
-from hw2.train import Interrupted, train
+from hw2.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none")
 

@@ -24,6 +24,7 @@ import hw2.augment
 import hw2.train
 from hw2.checkpoint import load_checkpoint
 from hw2.config import Config
+from hw2.errors import Interrupted
 from hw2.train import train
 
 STEPS_PER_EPOCH = 4  # 160 training images, 20 per process a step, 2 processes
@@ -44,7 +45,7 @@ def worker(settings, out):
             hw2.train._StopRequests.__enter__ = lambda self: setattr(self, "signum", signal.SIGTERM) or self
         try:
             train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")))
-        except hw2.train.Interrupted as e:
+        except Interrupted as e:
             (Path(out) / f"interrupted{rank}").write_text(str(e.path))
         return
     # each process gets its own modeldir, so that whatever a process other than rank 0 wrote would show

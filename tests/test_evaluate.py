@@ -23,6 +23,21 @@ def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix():
     assert model.training, "evaluation leaves the model's mode as it was"
 
 
+def test_evaluate_runs_a_copy_on_the_device_and_never_moves_the_callers_model(monkeypatch):
+    model = ResNet(1, 1, first_num_filters=4)
+    moved, to = [], torch.nn.Module.to
+
+    def recorded(self, *args, **kwargs):
+        moved.append(self)
+        return to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.Module, "to", recorded)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (5, 3072)).astype(np.uint8), rng.integers(0, 10, 5)
+    result = evaluate(model, x, y, [120.0] * 3, [60.0] * 3, device="cpu")
+    assert moved and not any(m is model for m in moved), "only the folded copy is moved to the device"
+    assert result["predicted"].shape == (5,) and result["predicted"].dtype == torch.int64
+
+
 @pytest.mark.parametrize("version, unfolded", [(1, 0), (2, 6 - 1 + 1)])
 def test_fold_batchnorm_computes_the_same_function_with_fewer_batchnorms(version, unfolded):
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from hw2.augment import channel_stats
 from hw2.config import Config
 from hw2.data import load_data, train_valid_split
 from hw2.errors import ConfigError
-from hw2.report import FIELDS, notebook_config, parameter_lines
+from hw2.notebook import FIELDS, notebook_config, parameter_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 # the root's conftest.py, how `pytest --nbval` runs 03 and 04, loaded by path (tests/conftest.py has its name)

@@ -51,7 +51,7 @@ def on_windows(*args, background=False):
 
 def test_hw2_imports_without_fcntl():
     """Every module a command or notebook starts from, with fcntl missing from the start, as on Windows."""
-    script = "import sys; sys.modules['fcntl'] = None; import hw2.__main__, hw2.report, hw2.bench, hw2.evaluate"
+    script = "import sys; sys.modules['fcntl'] = None; import hw2.__main__, hw2.notebook, hw2.bench, hw2.evaluate"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 

@@ -1,5 +1,4 @@
 import csv
-import os
 
 import matplotlib
 import numpy as np
@@ -7,72 +6,12 @@ import pytest
 import torch
 
 from hw2 import report
-from hw2.config import Config
-from hw2.errors import ConfigError
 from hw2.models import ResNet, count_parameters
 from hw2.runs import read_metrics
 from hw2.train import METRICS
+from conftest import metric_rows
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture
-def checkout(tmp_path, monkeypatch):
-    """A folder laid out as the repository, with the current folder in its notebooks/ (as JupyterLab's kernels)."""
-    for folder in ("hw2", "notebooks", "data"):
-        (tmp_path / folder).mkdir()
-    monkeypatch.chdir(tmp_path / "notebooks")
-    return tmp_path
-
-
-def test_parameter_lines_are_config_defaults_with_their_meanings():
-    lines = report.parameter_lines(["epochs", "lr_milestones", "modeldir"])
-    assert lines[0].startswith("epochs = 182 ") and lines[0].endswith("  # passes over the training split")
-    assert lines[1].startswith("lr_milestones = [91, 136]  # ") and lines[2].startswith("modeldir = ''")
-    assert len({line.index("#") for line in lines}) == 1  # the comments line up
-    namespace = {}
-    exec("\n".join(report.parameter_lines()), namespace)
-    assert Config.from_parameters(namespace) == Config()
-
-
-def test_project_dir_is_the_checkout_from_any_folder_in_it(checkout, tmp_path_factory):
-    assert report.project_dir() == checkout
-    assert report.project_dir(checkout / "hw2") == checkout == report.project_dir(checkout)
-    elsewhere = tmp_path_factory.mktemp("elsewhere")
-    assert report.project_dir(elsewhere) == elsewhere  # outside a checkout: where the notebook runs
-
-
-def test_relative_paths_name_the_same_place_from_any_folder(checkout, monkeypatch):
-    assert report.in_project("data") == os.path.join("..", "data")  # from notebooks/
-    monkeypatch.chdir(checkout)
-    assert report.in_project("data") == "data"
-    assert report.in_project(checkout / "elsewhere") == str(checkout / "elsewhere")  # an absolute path as it is
-
-
-def test_notebook_config_reads_the_named_parameters_on_every_run(checkout):
-    names = ["resnet_version", "modeldir", "data_dir"]
-    namespace = {"resnet_version": 2, "modeldir": "runs/a", "data_dir": "data", "config": "an earlier run's"}
-    config = report.notebook_config(namespace, names)
-    assert (config.resnet_version, config.modeldir, config.data_dir) == (2, os.path.join("..", "runs", "a"),
-                                                                         os.path.join("..", "data"))
-    assert report.notebook_config(namespace, names) == config  # a second Run All: the same
-    default = report.notebook_config({"resnet_version": 2, "modeldir": ""}, ["resnet_version", "modeldir"])
-    assert default.modeldir == os.path.join("..", "model_v2")
-
-
-def test_notebook_config_refuses_a_name_papermill_injected_that_it_does_not_take(checkout):
-    parameters = {"resnet_size": 5, "checkpoints": [1]}
-    inputs = ["", "resnet_size = 3\ncheckpoints = []", "# Parameters\nresnet_sise = 5\n", "config = ..."]
-    with pytest.raises(ConfigError, match="resnet_sise: not a parameter of this notebook; "
-                                          "its parameters are resnet_size, checkpoints"):
-        report.notebook_config({**parameters, "In": inputs}, ["resnet_size"], others=["checkpoints"])
-    inputs[2] = "# Parameters\nresnet_size = 5\ncheckpoints = [1]\n"
-    assert report.notebook_config({**parameters, "In": inputs}, ["resnet_size"], others=["checkpoints"]).resnet_size == 5
-
-
-def test_report_dir_is_named_after_the_modeldir_in_the_projects_reports(checkout):
-    folder = report.report_dir(report.notebook_config({"modeldir": "runs/r20"}, ["modeldir"]))
-    assert folder.resolve() == checkout / "reports" / "r20" and folder.is_dir()
 
 
 def test_format_table_aligns_columns():
@@ -132,11 +71,6 @@ def test_stage_shapes_leave_the_model_as_it_was(version, widths):
     assert report.stage_shapes(model) == shapes  # the hooks are gone: no duplicate entries
 
 
-def metric_rows(epochs):
-    return [{"epoch": epoch, "lr": 0.1 / epoch, "train_loss": 2 / epoch, "train_acc": 0.2 * epoch,
-             "valid_loss": float("nan"), "valid_acc": float("nan"), "seconds": 1.5} for epoch in range(1, epochs + 1)]
-
-
 def test_training_curves_from_metrics_csv(tmp_path):
     path = tmp_path / "metrics.csv"
     with open(path, "w", newline="") as f:
@@ -151,26 +85,6 @@ def test_training_curves_from_metrics_csv(tmp_path):
     np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), [0.1, 0.05, 0.1 / 3])
     fig.savefig(tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
-
-
-def test_live_curves_show_one_figure_and_redraw_it_in_place(monkeypatch):
-    shown = []
-
-    class Handle:
-        def update(self, fig):
-            shown.append(("update", fig))
-
-    def display(fig, display_id):
-        shown.append(("display", fig))
-        return Handle()
-
-    monkeypatch.setattr(report, "display", display)
-    curves = report.LiveCurves("run")
-    for epochs in (1, 2, 3):
-        assert curves(metric_rows(epochs)) is shown[-1][1]
-    assert [kind for kind, _ in shown] == ["display", "update", "update"]
-    assert [len(fig.axes[0].lines[0].get_xdata()) for _, fig in shown] == [1, 2, 3]
-    assert shown[-1][1].texts[0].get_text() == "run"  # the title
 
 
 def test_per_class_table_and_confusion_figures():
@@ -210,7 +124,3 @@ def test_confused_pairs_are_the_largest_counts_off_the_diagonal():
     confusion[0, 1], confusion[1, 0], confusion[2, 0] = 5, 20, 10
     lines = report.confused_pairs(torch.tensor(confusion), ["cat", "dog", "frog"], count=2).splitlines()
     assert [line.split() for line in lines[2:]] == [["dog", "cat", "20", "20.0%"], ["frog", "cat", "10", "12.5%"]]
-
-
-def test_a_notebook_without_config_fields_has_an_empty_parameter_list():
-    assert report.parameter_lines([]) == []

@@ -10,11 +10,11 @@ import torch.distributed as dist
 from conftest import small_config
 from hw2.checkpoint import list_checkpoints, load_checkpoint
 from hw2.config import FAST_RECIPE, Config
-from hw2.errors import Hw2Error, ModeldirError
+from hw2.errors import Hw2Error, Interrupted, ModeldirError
 from hw2.models import ResNet
 from hw2.runs import read_metrics
 from hw2.runtime import grad_scaler
-from hw2.train import (METRICS, Interrupted, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
+from hw2.train import (METRICS, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
                        progress_bar, run_differences, train, train_step)
 
 
