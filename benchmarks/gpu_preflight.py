@@ -15,7 +15,7 @@ from pathlib import Path
 WHEELS, SITE = Path(".whl"), Path("/tmp/site")  # gpu.sh puts SITE on PYTHONPATH
 STANDIN = Path(".shared-data/make_cifar10.py")  # writes data/ when it is missing (prepare_gpu_carry.sh)
 MODULES = {  # what each step runs, as modules
-    "recipe, test, resume (python -m hw2)": "hw2.__main__",
+    "recipe, test, resume (python -m hw2)": "hw2.cli",
     "bench_resnet20, bench_resnet110": "hw2.bench",
     "resume": "benchmarks/resume_check.py",
     "summary": "benchmarks/gpu_summary.py",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hw2.bench import cpu_name
-from hw2.checkpoint import list_checkpoints, load_checkpoint
+from hw2.checkpoint import Checkpoint, list_checkpoints
 from hw2.data import BATCH_DIR, TEST_BATCH, data_label, md5sum
 
 
@@ -70,7 +70,7 @@ def recipe(modeldir, test_output):
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     seconds = [row["seconds"] for row in rows]
     tested = [line for line in test_output.splitlines() if line.startswith("Test accuracy: ")]
-    return {"epochs": len(rows), "of_epochs": load_checkpoint(checkpoints[-1])["config"]["epochs"],
+    return {"epochs": len(rows), "of_epochs": Checkpoint.load(checkpoints[-1]).config["epochs"],
             "newest_checkpoint": checkpoints[-1].name,
             "training_seconds": sum(seconds), "first_epoch_seconds": seconds[0] if seconds else None,
             "median_epoch_seconds": statistics.median(seconds) if seconds else None,

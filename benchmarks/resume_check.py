@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from hw2.checkpoint import list_checkpoints, load_checkpoint
+from hw2.checkpoint import Checkpoint, list_checkpoints
 
 
 def command(flags, modeldir, *more):
@@ -103,7 +103,7 @@ def weight_difference(whole, cut):
     ends = [list_checkpoints(folder) for folder in (whole, cut)]
     if not all(ends):
         return None
-    a, b = (load_checkpoint(end[-1])["model"] for end in ends)
+    a, b = (Checkpoint.load(end[-1]).model for end in ends)
     keys = [k for k, v in a.items() if v.is_floating_point()]
     difference = torch.cat([(b[k] - a[k]).flatten() for k in keys])
     largest = difference.abs().max().item()

@@ -22,16 +22,21 @@ def channel_stats(x):
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def pad_crop_flip(image, dy, dx, flip):
+    """[3, 32, 32] -> padded by PAD zeros on each side, cropped back to 32x32 at (dy, dx) of the padded image,
+    and mirrored left-right if flip: parse_record's augmentation with its draws given."""
+    padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
+    image = padded[:, dy:dy + SIZE, dx:dx + SIZE]
+    return image[:, :, ::-1] if flip else image
+
+
 def parse_record(record, training, rng, mean, std):
     """One image: [3072] uint8 -> [3, 32, 32] float32; in training padded by 4 zeros, randomly cropped
-    back to 32x32 and flipped left-right with probability 1/2; then normalised per channel."""
+    back to 32x32 and flipped left-right with probability 1/2 (pad_crop_flip); then normalised per channel."""
     image = record.reshape(3, SIZE, SIZE)
     if training:
-        padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
         dy, dx = rng.integers(0, 2 * PAD + 1, size=2)
-        image = padded[:, dy:dy + SIZE, dx:dx + SIZE]
-        if rng.random() < 0.5:
-            image = image[:, :, ::-1]
+        image = pad_crop_flip(image, dy, dx, rng.random() < 0.5)
     mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(std, np.float32).reshape(3, 1, 1)
     return (image.astype(np.float32) - mean) / std
@@ -96,16 +101,17 @@ class Loader:
     """Batches of (normalised float images, labels) from uint8 images [N, 3072] held on `device`.
 
     Training batches follow a fresh seeded permutation each epoch, are augmented, and drop the last
-    partial batch; evaluation batches are in order and complete. With world_size > 1 each rank takes a
-    distinct shard of the permutation (data parallel).
+    partial batch; evaluation batches are in order and complete. `stats` is the per-channel (mean, std) the
+    images are normalised with. With shard (rank, world_size), world_size > 1, each rank takes a distinct shard
+    of the permutation (data parallel).
     """
 
-    def __init__(self, x, y, batch_size, mean, std, device, training, seed=0, rank=0, world_size=1):
+    def __init__(self, x, y, batch_size, stats, device, training=False, seed=0, shard=(0, 1)):
         self.x = torch.as_tensor(x).view(-1, 3, SIZE, SIZE).to(device)
         self.y = torch.as_tensor(y).to(device)
-        self.mean, self.std = channel_tensors(mean, std, device)
+        self.mean, self.std = channel_tensors(*stats, device)
         self.batch_size, self.device = batch_size, torch.device(device)
-        self.training, self.seed, self.rank, self.world_size = training, seed, rank, world_size
+        self.training, self.seed, (self.rank, self.world_size) = training, seed, shard
         self.generator = torch.Generator(device=self.device)  # reseeded every step: cheaper than a new one
 
     def __len__(self):

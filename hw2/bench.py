@@ -39,7 +39,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hw2.augment import Loader, channel_stats, parse_record
+from hw2.cli import flag_words
 from hw2.data import BATCH_DIR, data_label, load_data
+from hw2.errors import Hw2Error, use_words
 from hw2.evaluate import evaluate, fold_batchnorm
 from hw2.models import ResNet
 from hw2.runtime import DTYPES, grad_scaler, resolve_device, resolve_dtype, use_fastest_kernels
@@ -174,7 +176,10 @@ def parse_args(argv):
             parser.error(f"--{name} must be >= 1")
     try:
         return args, resolve_device(args.device)
-    except (ValueError, RuntimeError) as e:
+    except Hw2Error as e:
+        with use_words(flag_words):  # the message names the flag to change as this command spells it
+            parser.error(str(e))
+    except (ValueError, RuntimeError) as e:  # torch's own, which names no flag
         parser.error(f"--device {args.device}: {e}")
 
 
@@ -190,7 +195,7 @@ def window_runs(args, device, dtype, train_data, test_data):
     model = ResNet(args.resnet_version, args.resnet_size).to(device, memory_format=torch.channels_last)
     network = torch.compile(model) if args.compile else model
     optimizer, scaler = make_optimizer(model), grad_scaler(device, dtype)
-    batches = hw2_batches(Loader(x_train, y_train, batch, mean, std, device, training=True, seed=args.seed))
+    batches = hw2_batches(Loader(x_train, y_train, batch, (mean, std), device, training=True, seed=args.seed))
     ready = next(batches)
     folded = fold_batchnorm(model)  # refolded once a window, outside the evaluation window
 
@@ -226,7 +231,7 @@ def window_runs(args, device, dtype, train_data, test_data):
         ("hw2", "step", hw2_step, steps * batch),
         ("reference", "step", ref_step, steps * batch),
         ("hw2", "fold", hw2_fold, None),
-        ("hw2", "eval", lambda: evaluate(folded, x_eval, y_eval, mean, std, device=device, dtype=dtype, fold=False),
+        ("hw2", "eval", lambda: evaluate(folded, x_eval, y_eval, (mean, std), device=device, dtype=dtype, fold=False),
          len(x_eval)),
         ("reference", "eval", lambda: reference_evaluate(reference, x_ref_eval, y_ref_eval, mean, std, device),
          len(x_ref_eval)),

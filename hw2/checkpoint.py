@@ -1,9 +1,11 @@
-"""Checkpoints that survive crashes: atomic writes, safe loading, finding the newest, one run per modeldir.
+"""Checkpoints that survive crashes: the Checkpoint record, atomic writes, safe loading, finding the newest,
+one run per modeldir.
 
-A checkpoint is a dict of tensors and plain Python values (model, optimizer, position in the run, config,
-metrics so far), so it loads with torch.load(weights_only=True): opening one cannot run code.
+On disk a checkpoint is a dict of tensors and plain Python values (the fields of Checkpoint), so it loads with
+torch.load(weights_only=True): opening one cannot run code.
 """
 import contextlib
+import dataclasses
 import os
 import re
 import warnings
@@ -13,10 +15,44 @@ import filelock
 import torch
 
 from hw2 import runtime
-from hw2.errors import CheckpointError, ModeldirBusy
+from hw2.errors import CheckpointError, ModeldirBusy, field
 
 NAME = re.compile(r"^model-(\d+)(?:-step(\d+))?\.ckpt$")
 ARCHITECTURE = ("resnet_version", "resnet_size", "first_num_filters", "shortcut", "num_classes")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """One checkpoint: what training saves and resumes from, evaluation restores and import writes."""
+    model: dict  # the network's state_dict
+    config: dict  # the run's Config as a dict (dataclasses.asdict), which says what network `model` is
+    mean: list  # the per-channel normalisation the network was trained with, on the 0-255 scale
+    std: list
+    epoch: int = 0  # whole epochs done
+    step: int = 0  # steps done into the next epoch: a run stopped inside it (else 0)
+    optimizer: dict = dataclasses.field(default_factory=dict)  # SGD's state_dict; empty for an imported network
+    scaler: dict = dataclasses.field(default_factory=dict)  # float16's GradScaler state_dict; empty otherwise
+    metrics: list = dataclasses.field(default_factory=list)  # one row per epoch done (hw2.train.METRICS)
+    partial: dict = dataclasses.field(default_factory=dict)  # a stopped epoch's running totals (train.EpochTotals)
+    source: dict = dataclasses.field(default_factory=dict)  # an imported network's file, sha256, layout (published)
+
+    def save(self, path):
+        """Write it to path atomically (_write_atomically)."""
+        _write_atomically({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, path)
+
+    @classmethod
+    def load(cls, path):
+        """The checkpoint at path, loaded on the CPU. One that cannot be used is a CheckpointError that names
+        the newest readable checkpoint beside it."""
+        path = Path(path)
+        try:
+            return _read(path)
+        except CheckpointError as e:
+            others = [p for p in reversed(list_checkpoints(path.parent)) if p != path]
+            fallback, _, _ = _first_readable(others)
+            instead = (f"the newest readable checkpoint there is {fallback}" if fallback
+                       else f"{path.parent} holds no other readable checkpoint")
+            raise CheckpointError(f"{e}; {instead}") from None
 
 
 def checkpoint_path(modeldir, epoch, step=0):
@@ -40,7 +76,7 @@ def list_checkpoints(modeldir):
     return sorted((p for p in folder.iterdir() if NAME.match(p.name)), key=_position)
 
 
-def save_checkpoint(state, path):
+def _write_atomically(state, path):
     """Write to a temporary file in the same folder, fsync, then rename over `path`: a crash or a full disk
     mid-write leaves the previous file intact, never a truncated checkpoint. A failed write is a
     CheckpointError that names the file."""
@@ -55,7 +91,7 @@ def save_checkpoint(state, path):
     except OSError as e:
         raise CheckpointError(f"could not write {path} ({e.strerror or e}); the checkpoints already in "
                               f"{path.parent} are intact. Make room or make it writable, then continue with "
-                              "--resume (resume = True in a notebook)") from e
+                              f"{field('resume', True)}") from e
     finally:
         with contextlib.suppress(OSError):  # a leftover temporary file is harmless; the error above is not
             tmp.unlink(missing_ok=True)
@@ -70,7 +106,8 @@ def save_checkpoint(state, path):
 
 
 def _read(path):
-    """The checkpoint at path, loaded on the CPU; a CheckpointError that says why it cannot be used otherwise."""
+    """The Checkpoint at path, loaded on the CPU; a CheckpointError that says why it cannot be used otherwise.
+    Fields an older checkpoint lacks take their defaults."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -78,14 +115,16 @@ def _read(path):
     except Exception as e:  # torch's own message advises weights_only=False: wrong for a damaged file, unsafe
         raise CheckpointError(f"{path} is damaged (truncated or overwritten) or not an hw2 checkpoint "
                               f"({type(e).__name__})") from None
-    if not (isinstance(checkpoint, dict) and {"model", "config"} <= checkpoint.keys()):
-        raise CheckpointError(f"{path} is not an hw2 checkpoint: it has no model and config")
+    required = {f.name for f in dataclasses.fields(Checkpoint) if f.default is f.default_factory is dataclasses.MISSING}
+    lacks = sorted(required - checkpoint.keys() if isinstance(checkpoint, dict) else required)
+    if lacks:
+        raise CheckpointError(f"{path} is not an hw2 checkpoint: it has no {', '.join(lacks)}")
     checkpoint["config"].setdefault("shortcut", "projection")  # written before shortcut was a choice
-    return checkpoint
+    return Checkpoint(**{f.name: checkpoint[f.name] for f in dataclasses.fields(Checkpoint) if f.name in checkpoint})
 
 
 def _first_readable(paths):
-    """(path, checkpoint) of the first of `paths` that loads, or (None, None); and the errors of those before."""
+    """(path, Checkpoint) of the first of `paths` that loads, or (None, None); and the errors of those before."""
     errors = []
     for path in paths:
         try:
@@ -95,22 +134,8 @@ def _first_readable(paths):
     return None, None, errors
 
 
-def load_checkpoint(path):
-    """The checkpoint at path, loaded on the CPU. One that cannot be used is a CheckpointError that names the
-    newest readable checkpoint beside it."""
-    path = Path(path)
-    try:
-        return _read(path)
-    except CheckpointError as e:
-        others = [p for p in reversed(list_checkpoints(path.parent)) if p != path]
-        fallback, _, _ = _first_readable(others)
-        instead = (f"the newest readable checkpoint there is {fallback}" if fallback
-                   else f"{path.parent} holds no other readable checkpoint")
-        raise CheckpointError(f"{e}; {instead}") from None
-
-
 def latest_checkpoint(modeldir):
-    """(path, checkpoint) of the newest checkpoint in modeldir that loads, or (None, None). A damaged
+    """(path, Checkpoint) of the newest checkpoint in modeldir that loads, or (None, None). A damaged
     newer file is skipped with a warning, so a run resumes from the last good one."""
     path, checkpoint, errors = _first_readable(reversed(list_checkpoints(modeldir)))
     for e in errors:
@@ -123,13 +148,13 @@ def check_architecture(checkpoint, expected, path):
     some of the ARCHITECTURE fields (the ones a user gave)."""
     if not isinstance(expected, dict):
         expected = {k: getattr(expected, k) for k in ARCHITECTURE}
-    saved = checkpoint["config"]
+    saved = checkpoint.config
     wrong = {k: v for k, v in expected.items() if saved[k] != v}
     if wrong:
         have = ", ".join(f"{k} {saved[k]}" for k in ARCHITECTURE)
         want = ", ".join(f"{k} {v}" for k, v in wrong.items())
         raise CheckpointError(f"{path} holds a network with {have}, not {want}: pass the values it was trained "
-                              "with, or choose another --modeldir (modeldir = ... in a notebook)")
+                              f"with, or choose another {field('modeldir')}")
 
 
 class ModeldirLock:
@@ -151,7 +176,7 @@ class ModeldirLock:
             pid = _holder(self.path)
             owner = f" (PID {pid})" if pid else ""
             raise ModeldirBusy(f"{self.path.parent} is in use by another training run{owner}; wait for it, "
-                               "stop it, or choose another --modeldir (modeldir = ... in a notebook)") from None
+                               f"stop it, or choose another {field('modeldir')}") from None
         return self
 
     def __exit__(self, *exc):

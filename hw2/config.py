@@ -6,12 +6,12 @@ The defaults are He et al.'s recipe: batch 128, SGD with momentum 0.9, learning 
 after epochs 91 and 136 of 182, weight decay 1e-4, 45k/5k train/validation split.
 """
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hw2.errors import ConfigError
+from hw2.errors import ConfigError, field
 from hw2.models import SHORTCUTS
 
 NUM_CLASSES = 10  # CIFAR-10
@@ -20,8 +20,8 @@ NUM_CLASSES = 10  # CIFAR-10
 def knob(default, help):
     """A Config field with its meaning; a list default is copied for each Config."""
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -97,25 +97,16 @@ class Config:
         ]
         for name, ok, rule in checks:
             if not ok:
-                raise ConfigError(f"{name} {rule}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{field(name)} {rule}, got {getattr(self, name)!r}")
         try:
             torch.device(self.device if self.device != "auto" else "cpu")
         except RuntimeError:
-            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}") from None
+            raise ConfigError(f"{field('device')} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
+                              f"got {self.device!r}") from None
 
     @property
     def checkpoint_dir(self):
         return Path(self.modeldir or f"model_v{self.resnet_version}")
-
-    @classmethod
-    def from_parameters(cls, namespace, names=None):
-        """Config from the variables a notebook's parameters cell sets: `names` (default: every field), each
-        of which must be in `namespace`, so that a rerun starts from what the cell says."""
-        names = [f.name for f in dataclasses.fields(cls)] if names is None else list(names)
-        missing = [name for name in names if name not in namespace]
-        if missing:
-            raise ConfigError(f"the parameters cell must set {missing}: run it (or Run All) again")
-        return cls(**{name: namespace[name] for name in names})
 
 
 def _is_int(value):
@@ -135,7 +126,18 @@ FAST_RECIPE = dict(epochs=16, batch_size=128, learning_rate=0.2, nesterov=True, 
                    lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1, resize_fraction=0.75, min_image_size=16,
                    tta=True, valid_size=0)
 
-# A check that everything works, in about a minute on a 2-core CPU: ResNet-8 for 4 epochs on 20,000 images.
-SMOKE_RECIPE = dict(resnet_size=1, epochs=4, train_subset=20000, valid_size=1000, lr_schedule="cosine")
+# A small run: the network and schedule of the smoke recipe, of notebook 03's first try and, with what the tests
+# need changed (tests/conftest.py says what and why), of the tests' runs. ResNet-8, on the cosine schedule, which
+# decays to 0 over however many epochs a run has, so no milestones need fitting to its length. Each use adds its
+# data size, epochs and modeldir.
+SMALL_RUN = dict(resnet_size=1, lr_schedule="cosine")
+
+# A check that everything works, in about a minute on a 2-core CPU: 4 epochs on 20,000 images, enough to learn
+# visibly (well above chance on the validation images).
+SMOKE_RECIPE = {**SMALL_RUN, "epochs": 4, "train_subset": 20000, "valid_size": 1000}
+
+# Notebook 03's suggested first try (its markdown names these values; tests/test_notebooks.py checks that they
+# agree): one epoch on 500 images, so that the notebook's whole Run All takes about a minute.
+FIRST_TRY = {**SMALL_RUN, "epochs": 1, "train_subset": 500, "valid_size": 200, "modeldir": "runs/try"}
 
 RECIPES = {"he": {}, "fast": FAST_RECIPE, "smoke": SMOKE_RECIPE}

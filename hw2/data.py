@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hw2.errors import DataError
+from hw2.errors import DataError, field
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -105,7 +105,7 @@ def download(data_dir="data", url=CIFAR10_URL, md5=CIFAR10_MD5, need=BATCHES):
                 f"CIFAR-10 is not in {folder} and could not be downloaded from {url} ({e}). "
                 f"Run `python -m hw2 download --data_dir {data_dir}` where there is internet, or fetch the archive "
                 f"by hand (MD5 {md5}) and put it at {archive}; it is extracted on the next run. If CIFAR-10 is "
-                f"elsewhere, point --data_dir (data_dir = ... in a notebook) at the folder holding {BATCH_DIR}/.") from e
+                f"elsewhere, point {field('data_dir')} at the folder holding {BATCH_DIR}/.") from e
         os.replace(partial, archive)
     actual = md5sum(archive)
     if actual != md5:
@@ -149,8 +149,8 @@ def _unpickle(path):
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"{path} is missing: run `python -m hw2 download`, or point --data_dir (data_dir = ... "
-                        f"in a notebook) at the folder holding {BATCH_DIR}/") from None
+        raise DataError(f"{path} is missing: run `python -m hw2 download`, or point {field('data_dir')} at the "
+                        f"folder holding {BATCH_DIR}/") from None
     except Exception as e:  # any unpickling failure: truncated, crafted, not a pickle
         raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from e
     return batch

@@ -8,8 +8,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hw2.augment import Loader
-from hw2.checkpoint import check_architecture, checkpoint_path, list_checkpoints, load_checkpoint
-from hw2.errors import CheckpointError
+from hw2.checkpoint import Checkpoint, check_architecture, checkpoint_path, list_checkpoints
+from hw2.errors import CheckpointError, field
+from hw2.events import Reporter
 from hw2.models import ResNet
 from hw2.runs import record_test
 from hw2.runtime import autocast, resolve_device, resolve_dtype
@@ -62,21 +63,21 @@ def evaluation_batch_size(device):
     return 64 if device.type == "cpu" else 1024
 
 
-def evaluate(model, x, y, mean, std, batch_size=None, device="auto", dtype="auto", tta=False, fold=True):
+def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=True):
     """Evaluate on uint8 images x [N, 3072] with labels y [N] -> dict of
         loss                 mean cross-entropy (float)
         accuracy             fraction of the N images predicted right (float)
         per_class_accuracy   [C] float tensor: each true class's fraction predicted right (0 for an absent class)
         confusion            [C, C] int64 tensor of image counts (rows: true class, columns: predicted)
         predicted            [N] int64 tensor: the class predicted for each image of x, in x's order
-    (all on the CPU). batch_size None: evaluation_batch_size(device). The model is left as it was, on its
-    device and in its mode: the folded copy is what runs on `device`. fold False: `model` is already
+    (all on the CPU); stats is the per-channel (mean, std) the network was trained with, batches are
+    evaluation_batch_size(device) images. The model is left as it was, on its device and in its mode: the
+    folded copy is what runs on `device`. fold False: `model` is already
     fold_batchnorm's copy (the benchmark folds once, outside its timed windows) or in evaluation mode, and runs
     as it is, so it must already be on `device`."""
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    batch_size = batch_size or evaluation_batch_size(device)
-    loader = Loader(x, y, batch_size, mean, std, device, training=False)
+    loader = Loader(x, y, evaluation_batch_size(device), stats, device)
     logits = predict(fold_batchnorm(model).to(device) if fold else model, loader, dtype, tta)
     labels = loader.y
     num_classes = logits.shape[1]
@@ -94,53 +95,50 @@ def evaluate(model, x, y, mean, std, batch_size=None, device="auto", dtype="auto
 
 
 def restore(path, device="auto"):
-    """Rebuild the network a checkpoint was trained as and load its weights -> (model, checkpoint)."""
+    """Rebuild the network a checkpoint was trained as and load its weights -> (model, Checkpoint)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    checkpoint = load_checkpoint(path)
-    c = checkpoint["config"]
+    checkpoint = Checkpoint.load(path)
+    c = checkpoint.config
     model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"], c["shortcut"])
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.model)
     model.to(device, memory_format=torch.channels_last)
     return model, checkpoint
 
 
-def checkpoints_to_test(modeldir, epochs=()):
-    """modeldir/model-{epoch}.ckpt for each of `epochs`, or the newest checkpoint when epochs is empty; a
+def checkpoints_to_test(modeldir, checkpoints=()):
+    """modeldir/model-{epoch}.ckpt for each epoch in `checkpoints`, or the newest checkpoint when it is empty; a
     CheckpointError that lists the checkpoints there when one of them is missing."""
     have = list_checkpoints(modeldir)
-    if not epochs:
+    if not checkpoints:
         if not have:
-            raise CheckpointError(f"no checkpoints in {modeldir}: train into it first (`python -m hw2 train "
-                                  f"--modeldir {modeldir}`, or notebooks/03_train.ipynb), "
-                                  "or point --modeldir (modeldir = ... in a notebook) at a run")
+            raise CheckpointError(f"no checkpoints in {modeldir}: train a run into it first, or point "
+                                  f"{field('modeldir')} at a run")
         return have[-1:]
-    paths = [checkpoint_path(modeldir, epoch) for epoch in epochs]
+    paths = [checkpoint_path(modeldir, epoch) for epoch in checkpoints]
     missing = [p.name for p in paths if p not in have]
     if missing:
         listed = ", ".join(p.name for p in have) or "none"
-        raise CheckpointError(f"{modeldir} has no {', '.join(missing)}; it has {listed}. Choose epochs with "
-                              "--checkpoint (checkpoints = [...] in a notebook)")
+        raise CheckpointError(f"{modeldir} has no {', '.join(missing)}; it has {listed}. "
+                              f"Choose epochs with {field('checkpoints')}")
     return paths
 
 
-def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, architecture=None):
-    """Restore and evaluate each checkpoint on (x, y) (the test set), printing `Restored model parameters from
-    ...` and `Test accuracy: ...` and keeping the accuracy in modeldir/test.csv -> list of evaluate() results. tta None: as each checkpoint was trained (its
-    config's tta). With an `architecture` (a Config, or a dict of some of the ARCHITECTURE fields), a
-    checkpoint of another network is an error."""
+def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, architecture=None, report=None):
+    """Restore and evaluate each checkpoint on (x, y) (the test set), reporting each to `report` (a
+    hw2.events.Reporter: testing, tested) and keeping its accuracy in modeldir/test.csv -> list of evaluate()
+    results. tta None: as each checkpoint was trained (its config's tta). With an `architecture` (a Config, or
+    a dict of some of the ARCHITECTURE fields), a checkpoint of another network is an error."""
+    report = report or Reporter()
     results = []
     for path in paths:
         model, checkpoint = restore(path, device)
         if architecture:
             check_architecture(checkpoint, architecture, path)
-        print(f"Restored model parameters from {path}", flush=True)
-        flip = checkpoint["config"].get("tta", False) if tta is None else tta
-        if flip:
-            print("With flip test-time augmentation (tta): each image's logits averaged with its mirror image's",
-                  flush=True)
-        result = evaluate(model, x, y, checkpoint["mean"], checkpoint["std"],
-                          device=next(model.parameters()).device, dtype=dtype, tta=flip)
-        print(f"Test accuracy: {result['accuracy']:.4f}")
+        flip = checkpoint.config.get("tta", False) if tta is None else tta
+        report.testing(path, flip)
+        result = evaluate(model, x, y, (checkpoint.mean, checkpoint.std), device=next(model.parameters()).device,
+                          dtype=dtype, tta=flip)
+        report.tested(path, result)
         record_test(path, flip, result["accuracy"])  # for the table of runs (python -m hw2 runs)
         results.append(result)
     return results

@@ -1,14 +1,21 @@
-"""How a notebook runs: its parameters cell turned into a Config (papermill's injected names checked), its
-relative paths taken from the checkout whichever folder the kernel started in, where it saves figures, and the
-training curves drawn live. The figures and tables themselves are hw2.report's.
+"""The notebook front end: a notebook's parameters cell turned into a Config (papermill's injected names
+checked), its relative paths taken from the checkout whichever folder the kernel started in, where it saves
+figures, what training and testing report shown as lines, a progress bar and live training curves
+(NotebookReport), and error messages that name parameters as the parameters cell sets them. The figures and
+tables themselves are hw2.report's.
 """
 import ast
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
+from hw2 import errors
+from hw2.cli import Lines
 from hw2.config import Config, help_text
-from hw2.errors import ConfigError
+from hw2.errors import NO_VALUE, ConfigError
 from hw2.report import training_curves
 
 FIELDS = [f.name for f in dataclasses.fields(Config)]
@@ -45,16 +52,40 @@ def injected_names(inputs):
     return {target.id for node in body if isinstance(node, ast.Assign) for target in node.targets}
 
 
+def parameter_words(name, value):
+    """How a notebook names a parameter in a message: as its parameters cell sets it, `on_nan = 'skip'`; by
+    its name where the message gives no value ("choose another modeldir")."""
+    return name if value is NO_VALUE else f"{name} = {value!r}"
+
+
+def _kernel():
+    """The IPython kernel this runs in, or None (a script, the tests)."""
+    ipython = sys.modules.get("IPython")
+    return getattr(ipython.get_ipython(), "kernel", None) if ipython else None
+
+
+def cell_config(namespace, names=FIELDS):
+    """Config from the variables a notebook's parameters cell sets: `names`, each of which must be in
+    `namespace`, so that a rerun starts from what the cell says."""
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise ConfigError(f"the parameters cell must set {missing}: run it (or Run All) again")
+    return Config(**{name: namespace[name] for name in names})
+
+
 def notebook_config(namespace, names=FIELDS, others=()):
-    """The Config a notebook's parameters cell sets: Config.from_parameters(namespace, names), with data_dir
+    """The Config a notebook's parameters cell sets: cell_config(namespace, names), with data_dir
     and modeldir made relative to the project (in_project). `others` are the notebook's parameters that are
     not Config fields; any other name that papermill injected (`-p resnet_sise 5`) is a ConfigError, where
-    it would otherwise be ignored."""
+    it would otherwise be ignored. In a kernel, from then on hw2's messages name parameters as the parameters
+    cell does (parameter_words)."""
+    if _kernel() is not None:
+        errors.set_words(parameter_words)
     unknown = sorted(injected_names(namespace.get("In", [])) - {*names, *others})
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not a parameter of this notebook; "
                           f"its parameters are {', '.join([*names, *others])}")
-    config = Config.from_parameters(namespace, names)
+    config = cell_config(namespace, names)
     return dataclasses.replace(config, data_dir=in_project(config.data_dir), modeldir=in_project(config.checkpoint_dir))
 
 
@@ -72,17 +103,40 @@ def display(*args, **kwargs):
     return display(*args, **kwargs)
 
 
-class LiveCurves:
-    """train()'s on_epoch callback in a notebook: shows training_curves of the epochs so far as one output
-    and redraws it in place after each epoch (live in JupyterLab; a saved notebook keeps the last drawing)."""
+class NotebookReport(Lines):
+    """Shows what training and testing report in a notebook: the command line's lines, a progress bar that fits
+    the frontend, and (with a title) the training curves of the epochs so far as one output, redrawn in place
+    after each epoch (live in JupyterLab; a saved notebook keeps the last drawing, `figure`)."""
 
-    def __init__(self, title=""):
-        self.title, self.shown = title, None
+    def __init__(self, title=None):
+        super().__init__()
+        self.title, self.shown, self.figure = title, None, None
 
-    def __call__(self, metrics):
-        fig = training_curves(metrics, self.title)
+    def progress_bar(self, **kwargs):
+        """A widget where a person watches (JupyterLab), plain text on stdout where papermill (nbclient) runs
+        the notebook, whose saved output could only keep a widget's placeholder. The two are told apart by
+        whether the frontend can answer input(): the execute request says so (`allow_stdin`, Jupyter's
+        messaging protocol); JupyterLab can, nbclient cannot."""
+        kernel = _kernel()
+        request = kernel.get_parent("shell") if kernel is not None else {}
+        if request.get("content", {}).get("allow_stdin", False):
+            from tqdm.notebook import tqdm as widget_bar  # needs ipywidgets, which only notebooks need
+            return widget_bar(**kwargs)
+        return tqdm(file=sys.stdout, **kwargs)
+
+    def epoch_finished(self, row, metrics):
+        super().epoch_finished(row, metrics)
+        self.draw(metrics)
+
+    def finished(self, metrics, modeldir):
+        super().finished(metrics, modeldir)
+        self.draw(metrics)  # also a finished run shown at once, which has drawn nothing yet
+
+    def draw(self, metrics):
+        if self.title is None:
+            return
+        self.figure = training_curves(metrics, self.title)
         if self.shown is None:
-            self.shown = display(fig, display_id=True)
+            self.shown = display(self.figure, display_id=True)
         else:
-            self.shown.update(fig)
-        return fig
+            self.shown.update(self.figure)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from hw2.checkpoint import ModeldirLock, checkpoint_path, list_checkpoints, save_checkpoint
+from hw2.checkpoint import Checkpoint, ModeldirLock, checkpoint_path, list_checkpoints
 from hw2.config import Config
-from hw2.errors import CheckpointError, ModeldirError
+from hw2.errors import CheckpointError, ModeldirError, field
 from hw2.models import ResNet
-from hw2.train import EpochTotals
 
 LAYOUT = "akamaster/pytorch_resnet_cifar10"
 # torchvision's ToTensor (pixel / 255), then Normalize with ImageNet's statistics: in hw2's pixel units (0-255)
@@ -40,13 +39,13 @@ def published_name(name):
     return re.sub(r"^stack_layers\.(\d+)\.", lambda m: f"layer{int(m[1]) + 1}.", name)
 
 
-def import_checkpoint(file, modeldir, allow_unsafe=False):
+def import_checkpoint(file, modeldir, allow_unsafe_load=False):
     """Check the published checkpoint `file` against the layout and write it as modeldir/model-0.ckpt, with
     the normalisation it was trained with and where it came from (file name, sha256) -> (path, config).
     The file is opened with torch.load(weights_only=True), which cannot run code; one that needs more is
-    refused unless allow_unsafe. A file of another layout is a CheckpointError naming what does not fit."""
+    refused unless allow_unsafe_load. A file of another layout is a CheckpointError naming what does not fit."""
     data = _read_bytes(file)
-    state = _state_dict(_load(data, file, allow_unsafe), file)
+    state = _state_dict(_load(data, file, allow_unsafe_load), file)
     model = _network(state, file)
     width = model.start_layer[0].out_channels
     config = Config(resnet_size=model.resnet_size, first_num_filters=width, shortcut="identity", modeldir=str(modeldir))
@@ -55,17 +54,16 @@ def import_checkpoint(file, modeldir, allow_unsafe=False):
     try:
         modeldir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ModeldirError(f"cannot create modeldir {modeldir} ({e.strerror}); choose another --modeldir") from None
+        raise ModeldirError(f"cannot create modeldir {modeldir} ({e.strerror}); "
+                            f"choose another {field('modeldir')}") from None
     with ModeldirLock(modeldir):
         existing = list_checkpoints(modeldir)
         if existing:
             raise ModeldirError(f"{modeldir} already holds checkpoints ({existing[-1].name} is the newest); import "
-                                "into a new --modeldir. Nothing was overwritten.")
+                                f"into a new {field('modeldir')}. Nothing was overwritten.")
         path = checkpoint_path(modeldir, 0)
-        # what train's checkpoints hold, at epoch 0 with no optimizer state: `train --resume` starts SGD afresh
-        save_checkpoint({"model": model.state_dict(), "optimizer": {}, "epoch": 0, "step": 0,
-                         "config": dataclasses.asdict(config), "metrics": [], "partial": EpochTotals.NONE,
-                         "mean": MEAN, "std": STD, "scaler": {}, "source": source}, path)
+        # epoch 0 with no optimizer state: `train --resume` starts SGD afresh
+        Checkpoint(model.state_dict(), dataclasses.asdict(config), MEAN, STD, source=source).save(path)
     return path, config
 
 
@@ -89,7 +87,7 @@ def _load(data, file, allow_unsafe):
             raise CheckpointError(
                 f"{file} holds Python objects that safe loading (torch.load with weights_only=True) refuses "
                 f"({needs[1]}), and loading it otherwise can run any code it contains. If you trust where it came "
-                "from, pass --allow_unsafe_load (allow_unsafe=True); a damaged file can look like this too") from None
+                f"from, pass {field('allow_unsafe_load', True)}; a damaged file can look like this too") from None
     except Exception as e:  # torch's own messages advise weights_only=False: wrong for a damaged file
         raise CheckpointError(f"{damaged} ({type(e).__name__}); download it again") from None
     data.seek(0)

@@ -8,11 +8,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from hw2.augment import PAD, SIZE, parse_record
+from hw2.augment import PAD, SIZE, pad_crop_flip
 from hw2.data import CLASSES
 from hw2.models import SHORTCUTS, ResNet, count_parameters
-from hw2.runs import format_table
-from hw2.train import METRICS
+from hw2.runs import METRICS, format_table
 
 # The CIFAR-10 networks He et al. report, by (resnet_version, resnet_size): name and published parameter
 # count ("Deep Residual Learning", Table 6; "Identity Mappings", Table 3).
@@ -62,27 +61,12 @@ def sample_grid(x, y, per_class=8, classes=CLASSES, seed=0):
     return fig
 
 
-class _FixedDraws:
-    """augmentation_steps' random generator for parse_record: it crops at (dy, dx) and flips as told, so that
-    the figure shows the training augmentation's own crop and flip, not a copy of them."""
-
-    def __init__(self, dy, dx, flip):
-        self.offsets, self.flip = np.array([dy, dx]), flip
-
-    def integers(self, low, high, size):
-        return self.offsets
-
-    def random(self):
-        return 0.0 if self.flip else 1.0
-
-
 def augmentation_steps(record, dy, dx):
     """One image [3072] through the training augmentation -> original, padded, cropped at (dy, dx) and
-    cropped then flipped, each uint8 [H, W, 3]. The crop and flip are parse_record's own."""
+    cropped then flipped, each uint8 [H, W, 3]. The crop and flip are parse_record's own (pad_crop_flip)."""
     image = record.reshape(3, SIZE, SIZE)
     padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
-    cropped = parse_record(record, True, _FixedDraws(dy, dx, False), mean=[0, 0, 0], std=[1, 1, 1])
-    flipped = parse_record(record, True, _FixedDraws(dy, dx, True), mean=[0, 0, 0], std=[1, 1, 1])
+    cropped, flipped = (pad_crop_flip(image, dy, dx, flip) for flip in (False, True))
     return [step.astype(np.uint8).transpose(1, 2, 0) for step in (image, padded, cropped, flipped)]
 
 

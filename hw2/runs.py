@@ -3,7 +3,7 @@
 
     config.json   the run's Config, device and dtype as they resolved (what ran); `Config(**json)` loads it
     log.txt       what the run printed, each session appended (a progress bar as it last stood)
-    metrics.csv   one row per epoch (hw2.train.MetricsFile)
+    metrics.csv   one row per epoch, the METRICS columns (write_metrics)
     test.csv      checkpoint,tta,accuracy: each test of a checkpoint on the 10,000 test images, the latest kept
 
 A folder of reports/ holds the same files, without the checkpoints.
@@ -25,13 +25,29 @@ from hw2.errors import Hw2Error
 from hw2.models import ResNet, count_parameters
 
 CONFIG, LOG, METRICS_FILE, TESTS = "config.json", "log.txt", "metrics.csv", "test.csv"
+METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]  # of train()'s rows
 
 
 def _replace(path, text):
-    """Write `text` to path through a temporary file, so that a reader never sees half of it."""
+    """Write `text` to path as it is (no newline translation) through a temporary file, so that a reader never
+    sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, newline="")
     os.replace(tmp, path)
+
+
+def _csv(header, rows, lineterminator):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, header, lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_metrics(modeldir, rows):
+    """modeldir/metrics.csv, rewritten whole after each epoch: it always holds exactly the epochs of the run so
+    far, also after a resume from an older checkpoint. (Lines end in CRLF, the csv module's default.)"""
+    _replace(Path(modeldir) / METRICS_FILE, _csv(METRICS, rows, "\r\n"))
 
 
 def write_config(modeldir, fields):
@@ -46,7 +62,7 @@ def read_config(folder):
     _, checkpoint = latest_checkpoint(folder)
     if checkpoint is None:
         raise Hw2Error(f"{folder} is not a run: it has no {CONFIG} and no checkpoint")
-    return checkpoint["config"]
+    return checkpoint.config
 
 
 def read_metrics(path):
@@ -61,12 +77,8 @@ def record_test(path, tta, accuracy):
     tests = Path(path).parent / TESTS
     rows = [row for row in read_tests(tests.parent) if (row["checkpoint"], row["tta"]) != (Path(path).name, str(tta))]
     rows.append({"checkpoint": Path(path).name, "tta": str(tta), "accuracy": f"{accuracy:.4f}"})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, ["checkpoint", "tta", "accuracy"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     with contextlib.suppress(OSError):
-        _replace(tests, text.getvalue())
+        _replace(tests, _csv(["checkpoint", "tta", "accuracy"], rows, "\n"))
 
 
 def read_tests(folder):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hw2.errors import ConfigError
+from hw2.errors import ConfigError, field
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -41,13 +41,12 @@ def resolve_device(device):
                           stacklevel=2)
         return torch.device("cpu")
     device = torch.device(device)
+    instead = f"use {field('device', 'cpu')} or {field('device', 'auto')}"
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto "
-                          "(device = 'cpu' or 'auto' in a notebook)")
+        raise ConfigError(f"{field('device', str(device))} was asked for but torch sees no CUDA GPU; {instead}")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: 'mps' was asked for but torch sees no Apple GPU (MPS needs a Mac with Apple "
-                          "silicon and a torch built with MPS, as PyPI's macOS wheels are); use --device cpu or auto "
-                          "(device = 'cpu' or 'auto' in a notebook)")
+        raise ConfigError(f"{field('device', str(device))} was asked for but torch sees no Apple GPU (MPS needs a "
+                          f"Mac with Apple silicon and a torch built with MPS, as PyPI's macOS wheels are); {instead}")
     return device
 
 
@@ -72,7 +71,7 @@ def resolve_dtype(dtype, device):
     precision has been measured to work there for hw2) and on other CPUs."""
     if dtype != "auto":
         if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be 'auto', {', '.join(map(repr, DTYPES))}; got {dtype!r}")
+            raise ConfigError(f"{field('dtype')} must be 'auto', {', '.join(map(repr, DTYPES))}; got {dtype!r}")
         return DTYPES[dtype]
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)

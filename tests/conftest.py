@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from hw2.checkpoint import save_checkpoint
-from hw2.config import Config
+from hw2.checkpoint import Checkpoint
+from hw2.config import SMALL_RUN, Config
 from hw2.data import BATCH_DIR, BATCHES, TEST_BATCH
 from hw2.models import ResNet
 
@@ -107,15 +107,39 @@ def http_server(tmp_path):
     server.server_close()
 
 
-def small_config(cifar_dir, tmp_path, **overrides):
-    """The Config of a seconds-long run: ResNet-8 at 8 filters on 160 synthetic training images (40 held
-    out), writing to tmp_path/model. Milestones past the epochs asked for are dropped."""
-    settings = dict(resnet_size=1, first_num_filters=8, batch_size=20, epochs=3, learning_rate=0.05,
-                    lr_milestones=[2], valid_size=40, save_interval=2, data_dir=str(cifar_dir),
-                    modeldir=str(tmp_path / "model"), device="cpu")
-    settings.update(overrides)
+# The tests' small run: hw2.config.SMALL_RUN on the synthetic CIFAR-10 of cifar_dir (160 training images, 40
+# held out) in batches of 20, so 8 steps an epoch, at the rate 0.05, on the CPU (test_cuda.py moves it). Two
+# things differ for the tests' sake: 8 filters, half the width, as the suite trains dozens of these runs; and
+# the step schedule with a milestone inside the run, whose drop in the rate (also after a resume) tests check.
+TEST_RUN = {**SMALL_RUN, "first_num_filters": 8, "lr_schedule": "step", "lr_milestones": [2], "batch_size": 20,
+            "learning_rate": 0.05, "epochs": 3, "valid_size": 40, "save_interval": 2, "device": "cpu"}
+
+
+def small_settings(cifar_dir, modeldir, **overrides):
+    """TEST_RUN on cifar_dir writing to modeldir, with `overrides`; milestones past the epochs asked for are
+    dropped."""
+    settings = {**TEST_RUN, "data_dir": str(cifar_dir), "modeldir": str(modeldir), **overrides}
     settings["lr_milestones"] = [m for m in settings["lr_milestones"] if m < settings["epochs"]]
-    return Config(**settings)
+    return settings
+
+
+def small_config(cifar_dir, tmp_path, **overrides):
+    """The Config of a seconds-long run: small_settings writing to tmp_path/model unless `overrides` say."""
+    return Config(**small_settings(cifar_dir, overrides.pop("modeldir", tmp_path / "model"), **overrides))
+
+
+def as_flags(settings):
+    """Config settings as `python -m hw2 train` flags: `--name value`; a list as `--name 1 2` (empty: a bare
+    `--name`); True as `--name`, False as `--no-name`."""
+    args = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            args.append(f"--{name}" if value else f"--no-{name}")
+        elif isinstance(value, list):
+            args += [f"--{name}", *map(str, value)]
+        else:
+            args += [f"--{name}", str(value)]
+    return args
 
 
 def metric_rows(epochs):
@@ -130,6 +154,5 @@ def untrained_checkpoint(path, **fields):
     torch.manual_seed(0)
     model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(config),
-                     "mean": [120.0, 120.0, 110.0], "std": [60.0, 60.0, 65.0]}, path)
+    Checkpoint(model.state_dict(), dataclasses.asdict(config), [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]).save(path)
     return model

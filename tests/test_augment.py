@@ -69,7 +69,7 @@ def test_channel_stats_and_normalize():
 def test_training_loader_covers_distinct_images_and_drops_the_last_partial_batch():
     x = np.repeat(np.arange(100, dtype=np.uint8)[:, None], 3072, 1)  # image i is all i
     y = np.arange(100)
-    loader = Loader(x, y, 32, [0, 0, 0], [1, 1, 1], "cpu", training=True, seed=0)
+    loader = Loader(x, y, 32, ([0, 0, 0], [1, 1, 1]), "cpu", training=True, seed=0)
     assert len(loader) == 3
     seen = []
     for _, images, labels in loader.batches(epoch=0):
@@ -83,7 +83,7 @@ def test_training_loader_covers_distinct_images_and_drops_the_last_partial_batch
 
 def test_resuming_a_loader_mid_epoch_gives_the_same_batches():
     x = np.random.default_rng(0).integers(0, 256, (64, 3072)).astype(np.uint8)
-    loader = Loader(x, np.arange(64) % 10, 16, MEAN, STD, "cpu", training=True, seed=5)
+    loader = Loader(x, np.arange(64) % 10, 16, (MEAN, STD), "cpu", training=True, seed=5)
     full = list(loader.batches(epoch=2))
     tail = list(loader.batches(epoch=2, start_step=2))
     assert [s for s, _, _ in tail] == [2, 3]
@@ -96,7 +96,7 @@ def test_a_training_batch_is_what_its_seed_epoch_step_and_rank_draw():
     (seed, epoch, step, rank) alone, drawn in this order: offsets, then flips. Pinned, as checkpoints'
     exact resumption and the runs already reported rest on it."""
     x = np.random.default_rng(0).integers(0, 256, (64, 3072)).astype(np.uint8)
-    loader = Loader(x, np.arange(64), 8, MEAN, STD, "cpu", training=True, seed=3, rank=1, world_size=2)
+    loader = Loader(x, np.arange(64), 8, (MEAN, STD), "cpu", training=True, seed=3, shard=(1, 2))
     step, images, labels = list(loader.batches(epoch=2))[1]
     order = torch.randperm(64, generator=step_generator(3, 2))[1::2]
     assert torch.equal(labels, order[8:16])
@@ -114,7 +114,7 @@ def test_data_parallel_shards_are_disjoint():
     x = np.zeros((64, 3072), np.uint8)
     shards = []
     for rank in range(2):
-        loader = Loader(x, np.arange(64), 8, MEAN, STD, "cpu", training=True, seed=0, rank=rank, world_size=2)
+        loader = Loader(x, np.arange(64), 8, (MEAN, STD), "cpu", training=True, seed=0, shard=(rank, 2))
         assert len(loader) == 4
         shards.append({int(l) for _, _, labels in loader.batches(0) for l in labels})
     assert len(shards[0]) == len(shards[1]) == 32 and not shards[0] & shards[1]
@@ -122,7 +122,7 @@ def test_data_parallel_shards_are_disjoint():
 
 def test_evaluation_loader_keeps_order_and_the_last_partial_batch():
     x = np.zeros((10, 3072), np.uint8)
-    loader = Loader(x, np.arange(10), 4, MEAN, STD, "cpu", training=False)
+    loader = Loader(x, np.arange(10), 4, (MEAN, STD), "cpu")
     assert [labels.tolist() for _, _, labels in loader.batches()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
@@ -130,12 +130,12 @@ def test_downscaled_batches_keep_the_whole_image_at_a_lower_resolution():
     # Image i is i in its left half and 255 - i in its right half: a 16x16 version keeps both halves.
     left = np.arange(40, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 32, 16), np.uint8)
     x = np.concatenate([left, 255 - left], axis=3).reshape(40, 3072)
-    loader = Loader(x, np.arange(40), 8, [0, 0, 0], [1, 1, 1], "cpu", training=False)
+    loader = Loader(x, np.arange(40), 8, ([0, 0, 0], [1, 1, 1]), "cpu")
     for _, images, labels in loader.batches(image_size=16):
         assert images.shape == (len(labels), 3, 16, 16) and images.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(images[:, :, :, :7], labels.float()[:, None, None, None].expand(-1, 3, 16, 7))
         torch.testing.assert_close(images[:, :, :, 9:], 255 - labels.float()[:, None, None, None].expand(-1, 3, 16, 7))
-    training = Loader(x, np.arange(40), 8, [0, 0, 0], [1, 1, 1], "cpu", training=True)
+    training = Loader(x, np.arange(40), 8, ([0, 0, 0], [1, 1, 1]), "cpu", training=True)
     full = [images for _, images, _ in training.batches(epoch=3)]
     small = [images for _, images, _ in training.batches(epoch=3, image_size=20)]
     assert all(s.shape[2:] == (20, 20) for s in small)

@@ -88,12 +88,12 @@ def test_evaluate_takes_an_already_folded_network_and_refuses_one_in_training_mo
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (20, 3072)).astype(np.uint8), rng.integers(0, 10, 20)
     stats = ([120.0] * 3, [60.0] * 3)
-    folded = evaluate(fold_batchnorm(model), x, y, *stats, device="cpu", dtype="float32", fold=False)
-    unfolded = evaluate(model, x, y, *stats, device="cpu", dtype="float32")
+    folded = evaluate(fold_batchnorm(model), x, y, stats, device="cpu", dtype="float32", fold=False)
+    unfolded = evaluate(model, x, y, stats, device="cpu", dtype="float32")
     assert folded["loss"] == pytest.approx(unfolded["loss"], rel=1e-4)
     assert torch.equal(folded["predicted"], unfolded["predicted"])
     with pytest.raises(ValueError, match="evaluation mode"):
-        evaluate(model, x, y, *stats, device="cpu", fold=False)  # BatchNorm would use each batch's statistics
+        evaluate(model, x, y, stats, device="cpu", fold=False)  # BatchNorm would use each batch's statistics
 
 
 def test_float16_trains_with_a_loss_scaler(cifar_dir, monkeypatch, capsys):

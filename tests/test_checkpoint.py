@@ -1,9 +1,11 @@
 """Faults injected for real: processes killed with SIGKILL and SIGTERM, writes failing between write and
 rename or on a modeldir that stops being writable, files truncated on disk, NaN losses, many runs contending
 for one modeldir."""
+import dataclasses
 import errno
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,22 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw2.checkpoint import ModeldirLock, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from hw2.checkpoint import Checkpoint, ModeldirLock, latest_checkpoint, list_checkpoints
+from hw2.cli import Lines
 from hw2.errors import CheckpointError, ModeldirBusy, ModeldirError, TrainingDiverged
 from hw2.runs import read_metrics
 from hw2.train import _StopRequests, train
-from conftest import small_config
+from conftest import as_flags, small_config, small_settings
 
 EPOCHS = 5
 CONTENDERS = Path(__file__).with_name("lock_contenders.py")
 
 
 def cli_train(cifar_dir, modeldir, *extra):
-    """Start a small CLI training run in its own process (ResNet-8, 8 steps an epoch)."""
-    args = [sys.executable, "-m", "hw2", "train", "--resnet_size", "1", "--first_num_filters", "8",
-            "--batch_size", "20", "--epochs", str(EPOCHS), "--lr_milestones", "3", "--learning_rate", "0.05",
-            "--valid_size", "40", "--save_interval", "1", "--data_dir", str(cifar_dir), "--modeldir", str(modeldir),
-            "--device", "cpu", *extra]
+    """Start the tests' small run (conftest's TEST_RUN) on the command line, in its own process: EPOCHS epochs
+    with a checkpoint each, and the milestone at 3, past the checkpoints (1, 2) after which the tests stop it, so
+    that a resumed run still has to drop the rate."""
+    settings = small_settings(cifar_dir, modeldir, epochs=EPOCHS, lr_milestones=[3], save_interval=1)
+    args = [sys.executable, "-m", "hw2", "train", *as_flags(settings), *extra]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -47,8 +50,9 @@ def wait_for(path, process, timeout=120):
 
 
 def a_checkpoint(epoch):
-    """The least that load_checkpoint takes for an hw2 checkpoint."""
-    return {"model": {"w": torch.full((3,), float(epoch))}, "config": {}, "epoch": epoch}
+    """The least an hw2 checkpoint holds: weights, config and normalisation."""
+    return Checkpoint(model={"w": torch.full((3,), float(epoch))}, config={}, mean=[0.0] * 3, std=[1.0] * 3,
+                      epoch=epoch)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def uninterrupted(cifar_dir, tmp_path_factory):
 
 
 def assert_same_run(modeldir, reference):
-    a, b = (load_checkpoint(folder / f"model-{EPOCHS}.ckpt")["model"] for folder in (modeldir, reference))
+    a, b = (Checkpoint.load(folder / f"model-{EPOCHS}.ckpt").model for folder in (modeldir, reference))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows, expected = read_metrics(modeldir / "metrics.csv"), read_metrics(reference / "metrics.csv")
     assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
@@ -103,7 +107,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(cifa
 
 def test_a_failed_write_names_the_file_and_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "model-1.ckpt"
-    save_checkpoint(a_checkpoint(1), path)
+    a_checkpoint(1).save(path)
 
     def disk_full(obj, f):  # writes half a file, then the disk is full
         f.write(b"\x80\x02partial")
@@ -111,23 +115,23 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_checkpoint_intact
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(CheckpointError, match=rf"could not write {path} \(No space left on device\).* intact"):
-        save_checkpoint(a_checkpoint(2), path)
+        a_checkpoint(2).save(path)
     monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1
+    assert Checkpoint.load(path).epoch == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model-1.ckpt"], "no temporary file left"
 
 
 def test_a_crash_between_write_and_rename_leaves_no_truncated_checkpoint(tmp_path):
     """A process killed after writing the temporary file but before renaming it."""
     path = tmp_path / "model-2.ckpt"
-    save_checkpoint(a_checkpoint(1), tmp_path / "model-1.ckpt")
-    script = ("import os, sys, torch; from hw2.checkpoint import save_checkpoint\n"
+    a_checkpoint(1).save(tmp_path / "model-1.ckpt")
+    script = ("import os; from hw2.checkpoint import Checkpoint\n"
               "os.replace = lambda *a: os.kill(os.getpid(), 9)\n"
-              f"save_checkpoint({{'model': {{}}, 'config': {{}}, 'epoch': 2}}, {str(path)!r})\n")
+              f"Checkpoint({{}}, {{}}, [0.0] * 3, [1.0] * 3, epoch=2).save({str(path)!r})\n")
     assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
     assert not path.exists()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["model-1.ckpt"]
-    assert latest_checkpoint(tmp_path)[1]["epoch"] == 1
+    assert latest_checkpoint(tmp_path)[1].epoch == 1
 
 
 def test_a_modeldir_that_becomes_unwritable_mid_run_reports_the_failed_write(cifar_dir, tmp_path, monkeypatch):
@@ -157,7 +161,7 @@ def test_a_modeldir_that_becomes_unwritable_mid_run_reports_the_failed_write(cif
     monkeypatch.undo()
     assert str(e.value).startswith(f"could not write {modeldir / 'model-2.ckpt'} (Permission denied)")
     assert f"the checkpoints already in {modeldir} are intact" in str(e.value)
-    assert load_checkpoint(modeldir / "model-1.ckpt")["epoch"] == 1
+    assert Checkpoint.load(modeldir / "model-1.ckpt").epoch == 1
 
 
 def test_a_damaged_checkpoint_is_named_with_the_one_to_use_instead_and_resume_falls_back(cifar_dir, tmp_path):
@@ -166,20 +170,20 @@ def test_a_damaged_checkpoint_is_named_with_the_one_to_use_instead_and_resume_fa
     newest = modeldir / "model-2.ckpt"
     newest.write_bytes(newest.read_bytes()[:1000])
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint(newest)
+        Checkpoint.load(newest)
     assert str(e.value).startswith(f"{newest} is damaged (truncated or overwritten) or not an hw2 checkpoint")
     assert str(e.value).endswith(f"; the newest readable checkpoint there is {modeldir / 'model-1.ckpt'}")
     with pytest.warns(UserWarning, match="model-2.ckpt"):
         path, checkpoint = latest_checkpoint(modeldir)
-    assert path.name == "model-1.ckpt" and checkpoint["epoch"] == 1
+    assert path.name == "model-1.ckpt" and checkpoint.epoch == 1
     with pytest.warns(UserWarning):
         _, metrics = train(small_config(cifar_dir, tmp_path, epochs=2, save_interval=1, resume=True))
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert load_checkpoint(newest)["epoch"] == 2
+    assert Checkpoint.load(newest).epoch == 2
 
 
 @pytest.mark.parametrize("content,reason", [(b"", "damaged"), (b"\x00" * 5000, "damaged"),
-                                            ("tensor", "not an hw2 checkpoint: it has no model and config")])
+                                            ("tensor", "not an hw2 checkpoint: it has no config, mean, model, std")])
 def test_a_file_that_is_not_an_hw2_checkpoint_says_so_and_never_suggests_unsafe_loading(tmp_path, content, reason):
     path = tmp_path / "model-3.ckpt"
     if content == "tensor":
@@ -187,8 +191,47 @@ def test_a_file_that_is_not_an_hw2_checkpoint_says_so_and_never_suggests_unsafe_
     else:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=f"{path} is {reason}.*; {tmp_path} holds no other readable checkpoint") as e:
-        load_checkpoint(path)
+        Checkpoint.load(path)
     assert "weights_only" not in str(e.value)
+
+
+def test_a_checkpoint_saved_loads_back_with_every_field(tmp_path):
+    fields = {"model": {"w": torch.arange(3.0)}, "config": {"resnet_size": 2, "shortcut": "identity"},
+              "mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7], "epoch": 3, "step": 7,
+              "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]},
+              "scaler": {"scale": 1024.0, "_growth_tracker": 5}, "metrics": [{"epoch": 1, "lr": 0.1}],
+              "partial": {"loss": 1.5, "correct": 4, "seen": 8, "seconds": 0.5},
+              "source": {"file": "resnet20-12fca82f.th", "sha256": "0" * 64}}
+    assert fields.keys() == {f.name for f in dataclasses.fields(Checkpoint)}, "a value for every field"
+    path = tmp_path / "model-4-step7.ckpt"
+    Checkpoint(**fields).save(path)
+    loaded = Checkpoint.load(path)
+    assert torch.equal(loaded.model["w"], fields["model"]["w"])
+    assert torch.equal(loaded.optimizer["state"][0]["momentum_buffer"], torch.ones(3))
+    assert loaded.optimizer["param_groups"] == fields["optimizer"]["param_groups"]
+    plain = fields.keys() - {"model", "optimizer"}  # the fields without tensors, which == compares
+    assert {k: getattr(loaded, k) for k in plain} == {k: fields[k] for k in plain}
+
+
+def test_an_old_checkpoint_loads_with_defaults_for_what_it_lacks(tmp_path):
+    """As train wrote it before float16, stopping inside an epoch and option-A shortcuts, with the RNG state
+    it no longer keeps."""
+    path = tmp_path / "model-2.ckpt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {"resnet_version": 1, "resnet_size": 1},
+                "mean": [120.0] * 3, "std": [60.0] * 3, "epoch": 2, "step": 0, "optimizer": {"state": {}},
+                "metrics": [{"epoch": 1}, {"epoch": 2}], "rng": {"torch": torch.get_rng_state()}}, path)
+    checkpoint = Checkpoint.load(path)
+    assert checkpoint.config == {"resnet_version": 1, "resnet_size": 1, "shortcut": "projection"}
+    assert (checkpoint.epoch, checkpoint.metrics) == (2, [{"epoch": 1}, {"epoch": 2}])
+    assert (checkpoint.scaler, checkpoint.partial, checkpoint.source) == ({}, {}, {})
+    assert torch.equal(checkpoint.model["w"], torch.ones(2))
+
+
+def test_a_checkpoint_without_its_normalisation_is_refused_naming_what_it_lacks(tmp_path):
+    path = tmp_path / "model-1.ckpt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} is not an hw2 checkpoint: it has no mean, std;")):
+        Checkpoint.load(path)
 
 
 def test_a_checkpoint_of_another_architecture_names_the_mismatch(cifar_dir, tmp_path):
@@ -205,24 +248,24 @@ def test_checkpoints_load_without_running_code(tmp_path):
 
     torch.save({"model": Exploit()}, tmp_path / "model-1.ckpt")
     with pytest.raises(CheckpointError, match="model-1.ckpt is damaged .*or not an hw2 checkpoint") as e:
-        load_checkpoint(tmp_path / "model-1.ckpt")
+        Checkpoint.load(tmp_path / "model-1.ckpt")
     assert not (tmp_path / "pwned").exists()
     assert "weights_only" not in str(e.value)
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(cifar_dir, tmp_path):
     train(small_config(cifar_dir, tmp_path, epochs=1, save_interval=1))
-    good = load_checkpoint(tmp_path / "model" / "model-1.ckpt")
+    good = Checkpoint.load(tmp_path / "model" / "model-1.ckpt")
     with pytest.raises(TrainingDiverged, match=r"at epoch 2, step \d+.*model-1.ckpt"):
         train(small_config(cifar_dir, tmp_path, epochs=3, save_interval=1, resume=True, learning_rate=1e8))
     assert [p.name for p in list_checkpoints(tmp_path / "model")] == ["model-1.ckpt"]
-    kept = load_checkpoint(tmp_path / "model" / "model-1.ckpt")
-    assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())
+    kept = Checkpoint.load(tmp_path / "model" / "model-1.ckpt")
+    assert all(torch.equal(kept.model[k], v) for k, v in good.model.items())
     assert [row["epoch"] for row in read_metrics(tmp_path / "model" / "metrics.csv")] == [1]
 
 
 def test_nan_loss_can_skip_batches(cifar_dir, tmp_path, capsys):
-    _, metrics = train(small_config(cifar_dir, tmp_path, epochs=2, learning_rate=1e8, on_nan="skip"))
+    _, metrics = train(small_config(cifar_dir, tmp_path, epochs=2, learning_rate=1e8, on_nan="skip"), Lines())
     assert len(metrics) == 2
     assert "whose loss was not finite" in capsys.readouterr().out
 
@@ -230,7 +273,7 @@ def test_nan_loss_can_skip_batches(cifar_dir, tmp_path, capsys):
 def test_existing_checkpoints_are_never_silently_overwritten(cifar_dir, tmp_path):
     train(small_config(cifar_dir, tmp_path, epochs=1))
     before = (tmp_path / "model" / "model-1.ckpt").read_bytes()
-    with pytest.raises(ModeldirError, match="--resume"):
+    with pytest.raises(ModeldirError, match="resume=True"):
         train(small_config(cifar_dir, tmp_path, epochs=1, resnet_size=2))
     assert (tmp_path / "model" / "model-1.ckpt").read_bytes() == before
 
@@ -298,7 +341,7 @@ def test_releasing_the_lock_never_hides_the_exception_in_flight(tmp_path, monkey
 
 def test_a_second_signal_stops_at_once(capsys):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under some launchers
-    with _StopRequests() as stop:
+    with _StopRequests(Lines()) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         assert stop.signum == signal.SIGINT, "the first one only asks the loop to stop"

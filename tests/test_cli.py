@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-import hw2.__main__ as cli
+from hw2 import cli
 from hw2.checkpoint import ModeldirLock
+from hw2.cli import build_parser
 from hw2.config import FAST_RECIPE, RECIPES, Config, help_text
 from hw2.data import BATCH_DIR
 from hw2.errors import CheckpointError
-from conftest import untrained_checkpoint
+from conftest import as_flags, small_settings, untrained_checkpoint
 
 FIELDS = [field.name for field in dataclasses.fields(Config)]
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -51,7 +52,7 @@ def test_every_train_flag_shows_its_meaning_and_default(capsys, monkeypatch):
 
 def test_test_lists_only_what_it_uses(capsys, monkeypatch):
     text = help_of("test", capsys, monkeypatch)
-    assert options(text) == {"-h", "--help", "--checkpoint", "--modeldir", "--data_dir", "--device", "--dtype", "--tta",
+    assert options(text) == {"-h", "--help", "--checkpoint", "--checkpoints", "--modeldir", "--data_dir", "--device", "--dtype", "--tta",
                              "--no-tta", "--resnet_version", "--resnet_size", "--first_num_filters", "--shortcut",
                              "--num_classes"}
     assert "(default: as the checkpoint was trained)" in text and "(default: the checkpoint's;" in text
@@ -114,7 +115,7 @@ def test_test_refuses_an_architecture_flag_the_checkpoint_contradicts(tmp_path, 
 
 def test_expected_failures_are_one_line_and_anything_else_keeps_its_traceback(monkeypatch, capsys):
     def fails(error):
-        def train(config):
+        def train(config, report):
             raise error
         return train
 
@@ -152,9 +153,8 @@ def test_pyproject_declares_what_the_requirements_files_install():
 
 def test_cli_train_then_test(cifar_dir, tmp_path):
     modeldir = tmp_path / "model_v1"
-    common = ["--resnet_size", "1", "--first_num_filters", "8", "--data_dir", str(cifar_dir), "--modeldir", str(modeldir)]
-    run = subprocess.run([sys.executable, "-m", "hw2", "train", *common, "--epochs", "2", "--batch_size", "20",
-                          "--valid_size", "40", "--save_interval", "1", "--lr_milestones", "1"],
+    settings = small_settings(cifar_dir, modeldir, epochs=2, save_interval=1)  # two checkpoints to test
+    run = subprocess.run([sys.executable, "-m", "hw2", "train", *as_flags(settings)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Epoch 2 Loss" in run.stdout
@@ -170,9 +170,19 @@ def test_cli_train_then_test(cifar_dir, tmp_path):
     assert bad.returncode == 2 and "resnet_version must be 1 or 2" in bad.stderr
 
 
+@pytest.mark.parametrize("overrides", [dict(nesterov=True, lr_milestones=[1, 2]),
+                                       dict(tta=False, lr_milestones=[], modeldir="")])
+def test_as_flags_are_read_back_as_the_settings(cifar_dir, tmp_path, overrides):
+    """conftest's as_flags, through which the CLI tests pass their settings: lists, booleans, ''."""
+    settings = {**small_settings(cifar_dir, tmp_path), **overrides}
+    parser, _ = build_parser()
+    args = vars(parser.parse_args(["train", *as_flags(settings)]))
+    assert {name: args[name] for name in settings} == settings
+
+
 def test_fast_recipe_flag_sets_the_recipe_and_explicit_flags_win(monkeypatch):
     seen = {}
-    monkeypatch.setattr(cli, "train", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr(cli, "train", lambda config, report: seen.setdefault("config", config))
     assert cli.main(["train", "--recipe", "fast", "--epochs", "7"]) == 0
     config = seen["config"]
     assert config.lr_schedule == "cosine" and config.label_smoothing == FAST_RECIPE["label_smoothing"]

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from conftest import small_config, write_cifar
 from hw2 import bench
 from hw2.augment import Loader, augment_batch, step_generator
-from hw2.checkpoint import load_checkpoint
+from hw2.checkpoint import Checkpoint
 from hw2.data import load_data
 from hw2.errors import Interrupted
 from hw2.evaluate import evaluate_checkpoints
+from hw2.events import Reporter
 from hw2.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none")
@@ -62,9 +63,9 @@ def test_training_on_the_gpu_learns_in_each_precision(data_dir, tmp_path, dtype)
     assert_learns(metrics)
     assert all(p.is_cuda for p in model.parameters())
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
-    checkpoint = load_checkpoint(tmp_path / "model" / "model-3.ckpt")
-    assert all(t.device.type == "cpu" for t in checkpoint["model"].values()), "checkpoints load on a CPU-only machine"
-    assert bool(checkpoint["scaler"]) == (dtype == "float16"), "float16's loss scale is kept for a resume"
+    checkpoint = Checkpoint.load(tmp_path / "model" / "model-3.ckpt")
+    assert all(t.device.type == "cpu" for t in checkpoint.model.values()), "checkpoints load on a CPU-only machine"
+    assert bool(checkpoint.scaler) == (dtype == "float16"), "float16's loss scale is kept for a resume"
 
 
 def test_compiled_training_on_the_gpu_learns(data_dir, tmp_path):
@@ -94,13 +95,14 @@ def test_an_interrupted_gpu_run_resumes_to_the_uninterrupted_weights(data_dir, t
     config = gpu_config(data_dir, tmp_path / "whole")
     whole, whole_metrics = train(config)
 
-    def interrupt_after_the_first_epoch(metrics):
-        if len(metrics) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the run stops after its next step
+    class InterruptAfterTheFirstEpoch(Reporter):
+        def epoch_finished(self, row, metrics):
+            if len(metrics) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the run stops after its next step
 
     cut = dataclasses.replace(config, modeldir=str(tmp_path / "cut"))
     with pytest.raises(Interrupted) as stopped:
-        train(cut, on_epoch=interrupt_after_the_first_epoch)
+        train(cut, InterruptAfterTheFirstEpoch())
     assert stopped.value.path.name == "model-2-step1.ckpt"
     resumed, metrics = train(dataclasses.replace(cut, resume=True))
     assert [row["epoch"] for row in metrics] == [1, 2, 3]
@@ -112,7 +114,7 @@ def test_an_interrupted_gpu_run_resumes_to_the_uninterrupted_weights(data_dir, t
 def test_the_loader_keeps_uint8_images_on_the_gpu_and_draws_batches_without_host_syncs():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (96, 3072), dtype=np.uint8), rng.integers(0, 10, 96)
-    loader = Loader(x, y, 16, MEAN, STD, "cuda", training=True)
+    loader = Loader(x, y, 16, (MEAN, STD), "cuda", training=True)
     assert loader.x.is_cuda and loader.x.dtype == torch.uint8 and loader.mean.is_cuda
     batches = loader.batches(0)
     drawn = [next(batches)]  # the epoch's order goes to the device here, once an epoch
@@ -125,8 +127,8 @@ def test_the_loader_keeps_uint8_images_on_the_gpu_and_draws_batches_without_host
     for _, images, labels in drawn:
         assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
         assert images.is_contiguous(memory_format=torch.channels_last)
-    on_cpu = Loader(x, y, 16, MEAN, STD, "cpu", training=False).batches()
-    for (_, a, a_labels), (_, b, b_labels) in zip(Loader(x, y, 16, MEAN, STD, "cuda", training=False).batches(), on_cpu):
+    on_cpu = Loader(x, y, 16, (MEAN, STD), "cpu").batches()
+    for (_, a, a_labels), (_, b, b_labels) in zip(Loader(x, y, 16, (MEAN, STD), "cuda").batches(), on_cpu):
         torch.testing.assert_close(a.cpu(), b)
         assert torch.equal(a_labels.cpu(), b_labels)
 

@@ -22,7 +22,9 @@ import torch
 
 import hw2.augment
 import hw2.train
-from hw2.checkpoint import load_checkpoint
+from conftest import TEST_RUN
+from hw2.checkpoint import Checkpoint
+from hw2.cli import Lines
 from hw2.config import Config
 from hw2.errors import Interrupted
 from hw2.train import train
@@ -44,19 +46,18 @@ def worker(settings, out):
         if rank == 1:
             hw2.train._StopRequests.__enter__ = lambda self: setattr(self, "signum", signal.SIGTERM) or self
         try:
-            train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")))
+            train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")), Lines())
         except Interrupted as e:
             (Path(out) / f"interrupted{rank}").write_text(str(e.path))
         return
     # each process gets its own modeldir, so that whatever a process other than rank 0 wrote would show
-    model, _ = train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")))
+    model, _ = train(Config(**settings, modeldir=str(Path(out) / f"model{rank}")), Lines())  # rank 0's lines only
     parameters = {name: p.detach() for name, p in model.named_parameters()}
     torch.save({"parameters": parameters, "seen": seen}, Path(out) / f"rank{rank}.pt")
     assert not torch.distributed.is_initialized(), "train() ends the process group it started"
 
 
-SETTINGS = dict(resnet_size=1, first_num_filters=8, batch_size=40, epochs=2, lr_milestones=[1], valid_size=40,
-                save_interval=1, device="cpu")
+SETTINGS = {**TEST_RUN, "batch_size": 40, "epochs": 2, "lr_milestones": [1], "save_interval": 1}  # 20 a process
 
 
 def torchrun(settings, out):
@@ -80,7 +81,7 @@ def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tm
     assert sorted(p.name for p in (tmp_path / "model0").iterdir()) == [
         "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt"]
     assert not (tmp_path / "model1").exists()
-    first, last = (load_checkpoint(tmp_path / "model0" / f"model-{e}.ckpt")["model"] for e in (1, 2))
+    first, last = (Checkpoint.load(tmp_path / "model0" / f"model-{e}.ckpt").model for e in (1, 2))
     assert all(torch.equal(last[name], params[0][name]) for name in params[0])
     assert not all(torch.equal(first[name], params[0][name]) for name in params[0])
     assert [line.split(" Loss")[0] for line in run.stdout.splitlines() if line.startswith("Epoch ")] == \
@@ -103,8 +104,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(cifar_dir, tmp_path
     # rank 1 asked to stop before the first step; at step 2, where they compare, both stop; rank 0 writes
     assert (tmp_path / "interrupted0").read_text() == str(tmp_path / "model0" / "model-1-step2.ckpt")
     assert (tmp_path / "interrupted1").read_text() == "None"
-    checkpoint = load_checkpoint(tmp_path / "model0" / "model-1-step2.ckpt")
-    assert (checkpoint["epoch"], checkpoint["step"]) == (0, 2)
+    checkpoint = Checkpoint.load(tmp_path / "model0" / "model-1-step2.ckpt")
+    assert (checkpoint.epoch, checkpoint.step) == (0, 2)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from hw2.cli import Lines
 from hw2.config import Config
 from hw2.errors import CheckpointError
 from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints, fold_batchnorm
@@ -9,12 +10,13 @@ from hw2.models import ResNet
 from conftest import untrained_checkpoint
 
 
-def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix():
+def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix(monkeypatch):
     torch.manual_seed(0)
     model = ResNet(1, 1, first_num_filters=4)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (25, 3072)).astype(np.uint8), rng.integers(0, 10, 25)
-    result = evaluate(model, x, y, [120.0] * 3, [60.0] * 3, batch_size=10, device="cpu")
+    monkeypatch.setattr("hw2.evaluate.evaluation_batch_size", lambda device: 10)  # 25 images: 3 batches, the last partial
+    result = evaluate(model, x, y, ([120.0] * 3, [60.0] * 3), device="cpu")
     confusion = result["confusion"]
     assert confusion.sum() == 25 and confusion.shape == (10, 10)
     assert torch.equal(confusion.sum(1), torch.bincount(torch.from_numpy(y), minlength=10))
@@ -33,7 +35,7 @@ def test_evaluate_runs_a_copy_on_the_device_and_never_moves_the_callers_model(mo
     monkeypatch.setattr(torch.nn.Module, "to", recorded)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (5, 3072)).astype(np.uint8), rng.integers(0, 10, 5)
-    result = evaluate(model, x, y, [120.0] * 3, [60.0] * 3, device="cpu")
+    result = evaluate(model, x, y, ([120.0] * 3, [60.0] * 3), device="cpu")
     assert moved and not any(m is model for m in moved), "only the folded copy is moved to the device"
     assert result["predicted"].shape == (5,) and result["predicted"].dtype == torch.int64
 
@@ -60,14 +62,14 @@ def test_fold_batchnorm_computes_the_same_function_with_fewer_batchnorms(version
 
 
 def test_checkpoints_to_test_are_the_newest_or_the_epochs_asked_for(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoints in .*--modeldir"):
+    with pytest.raises(CheckpointError, match="no checkpoints in .*or point modeldir at a run$"):
         checkpoints_to_test(tmp_path)
     for name in ("model-10.ckpt", "model-2.ckpt", "model-11-step5.ckpt"):
         (tmp_path / name).touch()
     assert checkpoints_to_test(tmp_path) == [tmp_path / "model-11-step5.ckpt"]
     assert checkpoints_to_test(tmp_path, [2, 10]) == [tmp_path / "model-2.ckpt", tmp_path / "model-10.ckpt"]
     with pytest.raises(CheckpointError, match=r"has no model-3.ckpt; it has model-2.ckpt, model-10.ckpt, "
-                                              r"model-11-step5.ckpt\. Choose epochs with --checkpoint"):
+                                              r"model-11-step5.ckpt\. Choose epochs with checkpoints$"):
         checkpoints_to_test(tmp_path, [2, 3])
 
 
@@ -76,8 +78,8 @@ def test_evaluate_checkpoints_prints_like_the_cli_and_matches_evaluate(tmp_path,
     model = untrained_checkpoint(path, resnet_size=1, first_num_filters=4)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
-    [result] = evaluate_checkpoints([path], x, y, device="cpu")
-    expected = evaluate(model, x, y, [120.0, 120.0, 110.0], [60.0, 60.0, 65.0], device="cpu")
+    [result] = evaluate_checkpoints([path], x, y, device="cpu", report=Lines())
+    expected = evaluate(model, x, y, ([120.0, 120.0, 110.0], [60.0, 60.0, 65.0]), device="cpu")
     assert result["accuracy"] == pytest.approx(expected["accuracy"])
     assert capsys.readouterr().out == f"Restored model parameters from {path}\nTest accuracy: {expected['accuracy']:.4f}\n"
 
@@ -88,11 +90,12 @@ def test_evaluate_checkpoints_use_the_tta_of_the_run_unless_told_otherwise(tmp_p
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (30, 3072)).astype(np.uint8), rng.integers(0, 10, 30)
     mean, std = [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]
-    flip, plain = (evaluate(model, x, y, mean, std, device="cpu", tta=tta)["loss"] for tta in (True, False))
+    flip, plain = (evaluate(model, x, y, (mean, std), device="cpu", tta=tta)["loss"] for tta in (True, False))
     assert flip != pytest.approx(plain)
-    assert evaluate_checkpoints([path], x, y, device="cpu")[0]["loss"] == pytest.approx(flip)
+    lines = Lines()
+    assert evaluate_checkpoints([path], x, y, device="cpu", report=lines)[0]["loss"] == pytest.approx(flip)
     assert "flip test-time augmentation" in capsys.readouterr().out
-    assert evaluate_checkpoints([path], x, y, device="cpu", tta=False)[0]["loss"] == pytest.approx(plain)
+    assert evaluate_checkpoints([path], x, y, device="cpu", tta=False, report=lines)[0]["loss"] == pytest.approx(plain)
     assert "flip" not in capsys.readouterr().out
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hw2.__main__ as cli
+from hw2 import cli
 from hw2.augment import Loader
-from hw2.checkpoint import load_checkpoint, save_checkpoint
+from hw2.checkpoint import Checkpoint
 from hw2.config import Config
 from hw2.data import load_test_data
 from hw2.errors import CheckpointError, ModeldirError
@@ -96,7 +96,7 @@ def test_imported_logits_equal_the_published_forward_pass(tmp_path, images, n, w
     assert config.shortcut == "identity"
     model, checkpoint = restore(path, "cpu")
     x, y = images
-    loader = Loader(x, y, 8, checkpoint["mean"], checkpoint["std"], torch.device("cpu"), training=False)
+    loader = Loader(x, y, 8, (checkpoint.mean, checkpoint.std), torch.device("cpu"))
     expected = reference_logits(state, x, n)
     assert expected.std() > 0.1  # logits worth comparing
     torch.testing.assert_close(predict(model.eval(), loader), expected, rtol=1e-5, atol=1e-5)
@@ -106,14 +106,15 @@ def test_imported_logits_equal_the_published_forward_pass(tmp_path, images, n, w
 def test_the_checkpoint_says_where_it_came_from_and_resumes_at_epoch_0(tmp_path):
     write_published(tmp_path / "resnet20-12fca82f.th", 3)
     path, _ = import_checkpoint(tmp_path / "resnet20-12fca82f.th", tmp_path / "run")
-    checkpoint = load_checkpoint(path)
-    assert path.name == "model-0.ckpt" and checkpoint["epoch"] == 0 and checkpoint["metrics"] == []
-    assert checkpoint["source"]["file"] == "resnet20-12fca82f.th" and len(checkpoint["source"]["sha256"]) == 64
-    assert checkpoint["config"] == dataclasses.asdict(Config(resnet_size=3, shortcut="identity",
-                                                             modeldir=str(tmp_path / "run")))
-    np.testing.assert_allclose(checkpoint["mean"], [123.675, 116.28, 103.53])
-    np.testing.assert_allclose(checkpoint["std"], [58.395, 57.12, 57.375])
-    with pytest.raises(ModeldirError, match="already holds checkpoints"):
+    checkpoint = Checkpoint.load(path)
+    assert path.name == "model-0.ckpt" and checkpoint.epoch == 0 and checkpoint.metrics == []
+    assert checkpoint.source["file"] == "resnet20-12fca82f.th" and len(checkpoint.source["sha256"]) == 64
+    assert checkpoint.config == dataclasses.asdict(Config(resnet_size=3, shortcut="identity",
+                                                          modeldir=str(tmp_path / "run")))
+    np.testing.assert_allclose(checkpoint.mean, [123.675, 116.28, 103.53])
+    np.testing.assert_allclose(checkpoint.std, [58.395, 57.12, 57.375])
+    with pytest.raises(ModeldirError, match=r"already holds checkpoints \(model-0.ckpt is the newest\); import into a "
+                                            r"new modeldir\."):
         import_checkpoint(tmp_path / "resnet20-12fca82f.th", tmp_path / "run")
 
 
@@ -137,11 +138,11 @@ def test_the_command_line_imports_tests_and_fine_tunes(tmp_path, cifar_dir, caps
     assert "shortcut identity" in capsys.readouterr().err
     assert cli.main([*tune, "--shortcut", "identity"]) == 0
     assert "Resuming from" in capsys.readouterr().out
-    imported, tuned = load_checkpoint(modeldir / "model-0.ckpt"), load_checkpoint(modeldir / "model-1.ckpt")
-    np.testing.assert_allclose([tuned["mean"], tuned["std"]], [imported["mean"], imported["std"]])  # the authors'
-    assert len(tuned["metrics"]) == 1 and tuned["optimizer"]
+    imported, tuned = Checkpoint.load(modeldir / "model-0.ckpt"), Checkpoint.load(modeldir / "model-1.ckpt")
+    np.testing.assert_allclose([tuned.mean, tuned.std], [imported.mean, imported.std])  # the authors'
+    assert len(tuned.metrics) == 1 and tuned.optimizer
     weight = "stack_layers.0.0.conv1.weight"
-    change = (tuned["model"][weight] - imported["model"][weight]).norm() / imported["model"][weight].norm()
+    change = (tuned.model[weight] - imported.model[weight]).norm() / imported.model[weight].norm()
     assert 0 < change < 0.1, "fine-tuned from the imported weights"
 
 
@@ -189,19 +190,19 @@ def test_a_file_that_needs_unsafe_loading_is_refused_without_the_flag(tmp_path):
     state = published_state(1)
     torch.save({"state_dict": state, "best_prec1": np.float64(91.73)}, tmp_path / "numpy.th")
     with pytest.raises(CheckpointError, match=r"safe loading \(torch.load with weights_only=True\) refuses "
-                                              r"\(numpy.*scalar\).*pass --allow_unsafe_load"):
+                                              r"\(numpy.*scalar\).*pass allow_unsafe_load=True;"):
         import_checkpoint(tmp_path / "numpy.th", tmp_path / "run")
     assert cli.main(["import", str(tmp_path / "numpy.th"), "--modeldir", str(tmp_path / "run")]) == 2
-    path, _ = import_checkpoint(tmp_path / "numpy.th", tmp_path / "run", allow_unsafe=True)
-    torch.testing.assert_close(load_checkpoint(path)["model"]["start_layer.0.weight"], state["module.conv1.weight"])
+    path, _ = import_checkpoint(tmp_path / "numpy.th", tmp_path / "run", allow_unsafe_load=True)
+    torch.testing.assert_close(Checkpoint.load(path).model["start_layer.0.weight"], state["module.conv1.weight"])
 
 
 def test_a_checkpoint_from_before_the_shortcut_choice_restores_as_projection(tmp_path):
     model = ResNet(1, 1, first_num_filters=4)
     config = dataclasses.asdict(Config(resnet_size=1, first_num_filters=4))
     del config["shortcut"]
-    save_checkpoint({"model": model.state_dict(), "config": config, "mean": [0, 0, 0], "std": [1, 1, 1]},
-                    tmp_path / "model-1.ckpt")
+    torch.save({"model": model.state_dict(), "config": config, "mean": [0, 0, 0], "std": [1, 1, 1]},
+               tmp_path / "model-1.ckpt")  # as hw2 wrote it then
     restored, checkpoint = restore(tmp_path / "model-1.ckpt", "cpu")
-    assert checkpoint["config"]["shortcut"] == "projection"
+    assert checkpoint.config["shortcut"] == "projection"
     assert restored.stack_layers[1][0].projection_shortcut is not None

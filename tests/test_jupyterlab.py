@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from hw2.config import FIRST_TRY
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), "/usr/bin/chromedriver"
 if not (CHROMIUM and os.path.exists(CHROMEDRIVER)):
     pytest.skip("no Chromium: apt-get install chromium chromium-driver", allow_module_level=True)
@@ -29,8 +31,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hw2-browser-test"
-TINY_RUN = dict(epochs=1, lr_milestones=[], resnet_size=1, first_num_filters=8, train_subset=500, valid_size=200,
-                modeldir="runs/lab")
+TINY_RUN = {**FIRST_TRY, "modeldir": "runs/lab"}  # 03's suggested first try, in the folder the checks below name
 
 
 def free_port():
@@ -144,18 +145,22 @@ class Student:
         self.driver.find_element(By.CSS_SELECTOR, f"li.lm-Menu-item[data-command='{command}']").click()
 
     def run_all(self, timeout=180):
+        before = self.prompts()
         self.menu("Run", "runmenu:run-all")
-        self.wait_for_run(timeout)
+        self.wait_for_run(before, timeout)
 
     def restart_and_run_all(self, timeout=180):
+        before = self.prompts()
         self.menu("Kernel", "runmenu:restart-and-run-all")
         self.driver.find_element(By.CSS_SELECTOR, ".jp-Dialog button.jp-mod-accept").click()  # "Restart"
-        self.wait_for_run(timeout)
+        self.wait_for_run(before, timeout)
         assert self.prompts()[0] == "[1]:", "the kernel did not restart"
 
-    def wait_for_run(self, timeout):
-        # Run All queues every cell at once ([*]); a restart first, so the kernel alone being idle proves nothing.
-        self.wait("Run All to start", lambda: "[*]:" in self.prompts(), 60)
+    def wait_for_run(self, before, timeout):
+        # Run All queues every cell at once ([*]) and numbers each anew as it runs; a restart comes first, so the
+        # kernel alone being idle proves nothing. A run that stops at an error in an early cell can be over
+        # between two looks, so it has started once the prompts are no longer those of before.
+        self.wait("Run All to start", lambda: self.prompts() != before, 60)
         self.wait("Run All to finish", lambda: "[*]:" not in self.prompts() and self.kernel_status() == "idle", timeout)
 
     def edit(self, **values):
@@ -271,7 +276,7 @@ def test_04_says_what_to_set_without_checkpoints_and_evaluates_the_run(student):
         student.run_all()  # modeldir '': model_v1, which the copy does not have
         texts, _ = student.outputs()
         [error] = errors(texts)
-        assert "no checkpoints in ../model_v1" in error and "modeldir = " in error
+        assert "no checkpoints in ../model_v1" in error and "point modeldir at a run" in error
         student.show("no checkpoints")
     with student.step("04-evaluate-the-tiny-run"):
         student.edit(modeldir=TINY_RUN["modeldir"])

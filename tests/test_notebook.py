@@ -28,7 +28,7 @@ def test_parameter_lines_are_config_defaults_with_their_meanings():
     assert len({line.index("#") for line in lines}) == 1  # the comments line up
     namespace = {}
     exec("\n".join(notebook.parameter_lines()), namespace)
-    assert Config.from_parameters(namespace) == Config()
+    assert notebook.cell_config(namespace) == Config()
 
 
 def test_project_dir_is_the_checkout_from_any_folder_in_it(checkout, tmp_path_factory):
@@ -72,7 +72,7 @@ def test_report_dir_is_named_after_the_modeldir_in_the_projects_reports(checkout
     assert folder.resolve() == checkout / "reports" / "r20" and folder.is_dir()
 
 
-def test_live_curves_show_one_figure_and_redraw_it_in_place(monkeypatch):
+def test_live_curves_show_one_figure_and_redraw_it_in_place(monkeypatch, capsys):
     shown = []
 
     class Handle:
@@ -84,12 +84,16 @@ def test_live_curves_show_one_figure_and_redraw_it_in_place(monkeypatch):
         return Handle()
 
     monkeypatch.setattr(notebook, "display", display)
-    curves = notebook.LiveCurves("run")
+    report = notebook.NotebookReport("run")
     for epochs in (1, 2, 3):
-        assert curves(metric_rows(epochs)) is shown[-1][1]
+        rows = metric_rows(epochs)
+        report.epoch_finished(rows[-1], rows)
+        assert report.figure is shown[-1][1]
     assert [kind for kind, _ in shown] == ["display", "update", "update"]
     assert [len(fig.axes[0].lines[0].get_xdata()) for _, fig in shown] == [1, 2, 3]
     assert shown[-1][1].texts[0].get_text() == "run"  # the title
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" Loss")[0] for line in printed] == ["Epoch 1", "Epoch 2", "Epoch 3"]  # the lines too
 
 
 def test_a_notebook_without_config_fields_has_an_empty_parameter_list():

@@ -10,6 +10,7 @@ them again after a change to notebooks/03 or 04.
 import ast
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,10 +23,10 @@ import papermill
 import pytest
 
 from hw2.augment import channel_stats
-from hw2.config import Config
+from hw2.config import FIRST_TRY, Config
 from hw2.data import load_data, train_valid_split
 from hw2.errors import ConfigError
-from hw2.notebook import FIELDS, notebook_config, parameter_lines
+from hw2.notebook import FIELDS, cell_config, notebook_config, parameter_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 # the root's conftest.py, how `pytest --nbval` runs 03 and 04, loaded by path (tests/conftest.py has its name)
@@ -34,9 +35,10 @@ root_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(root_conftest)
 NOTEBOOKS = ROOT / "notebooks"
 GOLDEN = ROOT / "tests" / "notebooks"
+# 03 on its suggested first try (hw2.config.FIRST_TRY) for 2 epochs with a checkpoint each, the two that 04
+# tests; in runs/nbval, out of the way of a student's runs/try
 SMALL_RUN = {
-    "03_train.ipynb": dict(epochs=2, lr_milestones=[], resnet_size=1, first_num_filters=8, train_subset=1000,
-                           valid_size=500, save_interval=1, modeldir="runs/nbval"),
+    "03_train.ipynb": {**FIRST_TRY, "epochs": 2, "save_interval": 1, "modeldir": "runs/nbval"},
     "04_evaluate.ipynb": dict(modeldir="runs/nbval", checkpoints=[1, 2]),
 }
 EXECUTED = ["01_data_exploration.ipynb", "02_architecture.ipynb", "05_compare.ipynb"]
@@ -114,7 +116,7 @@ def test_papermill_resnet_size_18_runs_he_et_al_recipe_with_only_resnet_size_cha
     namespace = {}
     for cell in tagged(notebook, "parameters") + [cell]:
         exec(cell.source, namespace)
-    assert Config.from_parameters(namespace) == Config(resnet_size=18)
+    assert cell_config(namespace) == Config(resnet_size=18)
 
 
 def test_unknown_papermill_parameter_is_an_error_naming_it(tmp_path):
@@ -123,6 +125,14 @@ def test_unknown_papermill_parameter_is_an_error_naming_it(tmp_path):
     exec(tagged(notebook, "parameters")[0].source, namespace)
     with pytest.raises(ConfigError, match="resnet_sise: not a parameter"):
         notebook_config(namespace, ["resnet_version", "resnet_size", "first_num_filters"])
+
+
+def test_the_first_try_that_03_suggests_is_the_shared_small_run():
+    """The `name = value` settings that 03's markdown gives after "a first try" are hw2.config.FIRST_TRY."""
+    [text] = [cell.source for cell in load(NOTEBOOKS / "03_train.ipynb").cells
+              if cell.cell_type == "markdown" and "a first try" in cell.source]
+    suggested = re.findall(r"`(\w+) = ([^`]+)`", text.split("a first try", 1)[1])
+    assert {name: ast.literal_eval(value) for name, value in suggested} == FIRST_TRY
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_RUN))

@@ -15,7 +15,7 @@ import torch
 
 import hw2.train
 from hw2 import runtime
-from hw2.checkpoint import ModeldirLock, list_checkpoints, load_checkpoint, save_checkpoint
+from hw2.checkpoint import Checkpoint, ModeldirLock, list_checkpoints
 from hw2.models import ResNet
 from hw2.train import _StopRequests, make_optimizer, train_step
 
@@ -37,7 +37,7 @@ os.open = open_no_folder
 from hw2 import runtime
 runtime.WINDOWS = True
 """
-CLI = "from hw2.__main__ import main; sys.exit(main(sys.argv[1:]))"
+CLI = "from hw2.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def on_windows(*args, background=False):
@@ -51,7 +51,7 @@ def on_windows(*args, background=False):
 
 def test_hw2_imports_without_fcntl():
     """Every module a command or notebook starts from, with fcntl missing from the start, as on Windows."""
-    script = "import sys; sys.modules['fcntl'] = None; import hw2.__main__, hw2.notebook, hw2.bench, hw2.evaluate"
+    script = "import sys; sys.modules['fcntl'] = None; import hw2.cli, hw2.notebook, hw2.bench, hw2.evaluate"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 
@@ -76,14 +76,14 @@ def test_train_stop_resume_test_and_a_busy_modeldir_on_windows(cifar_dir, tmp_pa
     run = on_windows("train", *small, "--epochs", "3", "--resume")
     assert run.returncode == 0, run.stderr
     assert f"Resuming from {stopped}" in run.stdout
-    assert load_checkpoint(modeldir / "model-3.ckpt")["epoch"] == 3
+    assert Checkpoint.load(modeldir / "model-3.ckpt").epoch == 3
     assert not (modeldir / ".lock").exists()
 
     with ModeldirLock(modeldir):  # another run, from this process
         run = on_windows("train", *small, "--epochs", "4", "--resume")
     assert run.returncode == 2
     assert run.stderr.startswith(f"error: {modeldir} is in use by another training run (PID {os.getpid()}); wait for "
-                                 "it, stop it, or choose another --modeldir (modeldir = ... in a notebook)")
+                                 "it, stop it, or choose another --modeldir")
     assert not (modeldir / "model-4.ckpt").exists()
 
     run = on_windows("test", "--data_dir", cifar_dir, "--modeldir", modeldir)
@@ -100,9 +100,9 @@ def test_a_checkpoint_is_written_where_a_folder_cannot_be_opened(tmp_path, monke
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_no_folder)
-    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}}, tmp_path / "model-1.ckpt")
+    Checkpoint({"w": torch.ones(2)}, {}, [0.0] * 3, [1.0] * 3).save(tmp_path / "model-1.ckpt")
     monkeypatch.undo()
-    assert torch.equal(load_checkpoint(tmp_path / "model-1.ckpt")["model"]["w"], torch.ones(2))
+    assert torch.equal(Checkpoint.load(tmp_path / "model-1.ckpt").model["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["model-1.ckpt"]
 
 

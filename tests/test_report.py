@@ -8,7 +8,7 @@ import torch
 from hw2 import report
 from hw2.models import ResNet, count_parameters
 from hw2.runs import read_metrics
-from hw2.train import METRICS
+from hw2.runs import METRICS
 from conftest import metric_rows
 
 matplotlib.use("Agg")

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from hw2.cli import Lines
 from hw2.config import FAST_RECIPE, Config
 from hw2.data import load_test_data
 from hw2.errors import Hw2Error
@@ -19,7 +19,7 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys):
     config = small_config(cifar_dir, tmp_path, epochs=2, save_interval=1)
-    train(config)
+    train(config, Lines())  # as the command line prints
     printed = capsys.readouterr().out.splitlines()
     modeldir = config.checkpoint_dir
     saved = json.loads((modeldir / "config.json").read_text())
@@ -29,7 +29,7 @@ def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys)
     assert log[0].startswith("--- ") and log[0].endswith(" train") and log[1:] == printed
     assert "\r" not in "".join(log) and sum(line.startswith("Epoch ") for line in log) == 2
 
-    train(dataclasses.replace(config, epochs=3, resume=True))  # a second session adds to the log
+    train(dataclasses.replace(config, epochs=3, resume=True), Lines())  # a second session adds to the log
     log = (modeldir / "log.txt").read_text()
     assert log.count("\n--- ") == 1 and "Resuming from" in log and "Epoch 3 Loss" in log
     assert json.loads((modeldir / "config.json").read_text())["epochs"] == 3

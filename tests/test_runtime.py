@@ -75,7 +75,8 @@ def test_auto_picks_cuda_then_apples_gpu_then_the_cpu(monkeypatch, cuda, mps, ex
 
 def test_mps_is_refused_with_what_to_do_where_torch_sees_no_apple_gpu(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"'mps' was asked for but torch sees no Apple GPU.*--device cpu or auto"):
+    with pytest.raises(ConfigError, match=r"^device='mps' was asked for but torch sees no Apple GPU.*; "
+                                            r"use device='cpu' or device='auto'$"):
         resolve_device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("mps") == torch.device("mps")

@@ -1,6 +1,5 @@
 import dataclasses
 import math
-import subprocess
 import sys
 
 import pytest
@@ -8,14 +7,16 @@ import torch
 import torch.distributed as dist
 
 from conftest import small_config
-from hw2.checkpoint import list_checkpoints, load_checkpoint
+from hw2.checkpoint import Checkpoint, list_checkpoints
 from hw2.config import FAST_RECIPE, Config
-from hw2.errors import Hw2Error, Interrupted, ModeldirError
+from hw2.cli import Lines, flag_words
+from hw2.errors import Hw2Error, Interrupted, ModeldirError, use_words
 from hw2.models import ResNet
-from hw2.runs import read_metrics
+from hw2.notebook import NotebookReport, cell_config, parameter_words
+from hw2.runs import METRICS, read_metrics
 from hw2.runtime import grad_scaler
-from hw2.train import (METRICS, _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer,
-                       progress_bar, run_differences, train, train_step)
+from hw2.train import (_start_processes, _StopRequests, get_image_size, get_lr, make_optimizer, run_differences,
+                       train, train_step)
 
 
 def test_step_schedule_divides_by_ten_after_each_milestone():
@@ -52,9 +53,9 @@ def test_invalid_config_names_the_field(field, value):
 
 def test_notebook_parameters_must_all_be_set():
     namespace = {"resnet_size": 5, "resnet_version": 2}
-    assert Config.from_parameters(namespace, ["resnet_size", "resnet_version"]).resnet_size == 5
+    assert cell_config(namespace, ["resnet_size", "resnet_version"]).resnet_size == 5
     with pytest.raises(ValueError, match=r"must set \['first_num_filters'\]"):
-        Config.from_parameters(namespace, ["resnet_size", "first_num_filters"])
+        cell_config(namespace, ["resnet_size", "first_num_filters"])
 
 
 def test_defaults_are_he_et_al_recipe():
@@ -66,7 +67,7 @@ def test_defaults_are_he_et_al_recipe():
 
 def test_train_writes_checkpoints_metrics_and_the_epoch_line(cifar_dir, tmp_path, capsys):
     config = small_config(cifar_dir, tmp_path)
-    model, metrics = train(config)
+    model, metrics = train(config, Lines())
     modeldir = tmp_path / "model"
     assert sorted(p.name for p in modeldir.glob("*.ckpt")) == ["model-2.ckpt", "model-3.ckpt"]
     assert (modeldir / "metrics.csv").read_text().splitlines()[0] == ",".join(METRICS)
@@ -80,9 +81,9 @@ def test_train_writes_checkpoints_metrics_and_the_epoch_line(cifar_dir, tmp_path
     out = capsys.readouterr().out
     assert [line.split(" Duration")[0] for line in out.splitlines() if line.startswith("Epoch ")] == \
         [f"Epoch {row['epoch']} Loss {row['train_loss']:.4f}" for row in metrics]
-    checkpoint = load_checkpoint(modeldir / "model-3.ckpt")
-    assert checkpoint["epoch"] == 3 and checkpoint["config"]["resnet_size"] == 1
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in checkpoint["model"].items())
+    checkpoint = Checkpoint.load(modeldir / "model-3.ckpt")
+    assert checkpoint.epoch == 3 and checkpoint.config["resnet_size"] == 1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in checkpoint.model.items())
 
 
 def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_path, monkeypatch):
@@ -102,7 +103,7 @@ def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_pa
 
 
 def test_same_seed_same_weights(cifar_dir, tmp_path, capsys):
-    a, _ = train(dataclasses.replace(small_config(cifar_dir, tmp_path / "a", epochs=1), lr_milestones=[2]))
+    a, _ = train(dataclasses.replace(small_config(cifar_dir, tmp_path / "a", epochs=1), lr_milestones=[2]), Lines())
     assert "warning: lr_milestones [2] are not below epochs (1), so they never take effect" in capsys.readouterr().out
     b, _ = train(small_config(cifar_dir, tmp_path / "b", epochs=1))
     c, _ = train(small_config(cifar_dir, tmp_path / "c", epochs=1, seed=1))
@@ -174,7 +175,7 @@ def test_the_process_group_backend_follows_the_device(monkeypatch):
 
 def test_epoch_lines_show_validation_accuracy_and_the_run_ends_with_a_summary(cifar_dir, tmp_path, capsys):
     config = small_config(cifar_dir, tmp_path)
-    _, metrics = train(config)
+    _, metrics = train(config, Lines())
     lines = capsys.readouterr().out.splitlines()
     epochs = [line for line in lines if line.startswith("Epoch ")]
     assert [line.split(" Validation accuracy ")[1] for line in epochs] == [f"{r['valid_acc']:.4f}" for r in metrics]
@@ -183,7 +184,7 @@ def test_epoch_lines_show_validation_accuracy_and_the_run_ends_with_a_summary(ci
     assert f"best {best['valid_acc']:.4f} (epoch {best['epoch']}), last {metrics[-1]['valid_acc']:.4f}" in lines[-1]
     assert lines[-1].endswith(f"Checkpoints in {config.checkpoint_dir} (newest model-3.ckpt).")
 
-    _, again = train(dataclasses.replace(config, resume=True))  # a finished run: says so, trains nothing
+    _, again = train(dataclasses.replace(config, resume=True), Lines())  # a finished run: says so, trains nothing
     lines = capsys.readouterr().out.splitlines()
     assert again == metrics and not [line for line in lines if line.startswith("Epoch ")]
     assert f"{config.checkpoint_dir} has finished all 3 epochs; nothing to train." in lines
@@ -198,7 +199,7 @@ def test_a_resumed_run_removes_the_mid_epoch_checkpoint_once_past_it(cifar_dir, 
         return len(calls) == 8 + 3  # 8 steps an epoch
     monkeypatch.setattr(_StopRequests, "requested", stop_at_step_3_of_epoch_2)
     config = small_config(cifar_dir, tmp_path, save_interval=1)
-    with pytest.raises(Interrupted, match="resume = True in a notebook") as stopped:
+    with pytest.raises(Interrupted, match=r"Run it again with resume=True to continue\.$") as stopped:
         train(config)
     modeldir = config.checkpoint_dir
     assert stopped.value.path == modeldir / "model-2-step3.ckpt"
@@ -222,7 +223,7 @@ def test_checkpoints_of_the_old_format_with_gpu_rng_states_resume(cifar_dir, tmp
     uninterrupted, _ = train(dataclasses.replace(config, modeldir=str(tmp_path / "whole")))
     train(dataclasses.replace(config, epochs=2, lr_milestones=[]))
     path = config.checkpoint_dir / "model-2.ckpt"
-    old = load_checkpoint(path)
+    old = torch.load(path, weights_only=True)  # the file's dict, to write it back as the old format had it
     old["config"]["epochs"] = 3
     old["rng"] = {"torch": torch.get_rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}
     torch.save(old, path)
@@ -230,20 +231,24 @@ def test_checkpoints_of_the_old_format_with_gpu_rng_states_resume(cifar_dir, tmp
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), uninterrupted.state_dict().values()))
 
 
-@pytest.mark.parametrize("frontend,bar", [(None, "text on stderr"), ("nbclient", "text on stdout"),
-                                          ("jupyterlab", "widget")])
-def test_the_progress_bar_fits_the_place(monkeypatch, frontend, bar):
+@pytest.mark.parametrize("reporter,frontend,bar", [(Lines, None, "text on stderr"),
+                                                   (NotebookReport, None, "text on stdout"),
+                                                   (NotebookReport, "nbclient", "text on stdout"),
+                                                   (NotebookReport, "jupyterlab", "widget")])
+def test_the_progress_bar_fits_the_place(monkeypatch, reporter, frontend, bar):
     from tqdm.notebook import tqdm_notebook
 
     class Kernel:
-        _allow_stdin = frontend == "jupyterlab"  # JupyterLab answers input(); nbclient (papermill) does not
+        def get_parent(self, channel):  # the execute request being run, as ipykernel keeps it
+            assert channel == "shell"
+            return {"content": {"allow_stdin": frontend == "jupyterlab"}}  # JupyterLab answers input(); nbclient not
 
     class Shell:
         kernel = Kernel()
 
     monkeypatch.setitem(sys.modules, "IPython", type(sys)("IPython"))
     sys.modules["IPython"].get_ipython = lambda: Shell() if frontend else None
-    made = progress_bar(range(3), disable=bar == "widget")  # a widget needs a real kernel to draw in
+    made = reporter().progress_bar(total=3, disable=bar == "widget")  # a widget needs a real kernel to draw in
     if bar == "widget":
         assert isinstance(made, tqdm_notebook)
     else:
@@ -256,17 +261,17 @@ def test_a_notebook_run_again_shows_a_finished_run_continues_an_unfinished_one_a
         cifar_dir, tmp_path, capsys):
     config = small_config(cifar_dir, tmp_path, epochs=2, save_interval=1)
     modeldir = config.checkpoint_dir
-    _, metrics = train(config, continue_same_run=True)
+    _, metrics = train(config, Lines(), continue_same_run=True)
     capsys.readouterr()
 
-    _, again = train(config, continue_same_run=True)  # Run All again: the finished run, at once
+    _, again = train(config, Lines(), continue_same_run=True)  # Run All again: the finished run, at once
     out = capsys.readouterr().out
     assert again == metrics and "Epoch " not in out
     assert f"{modeldir} holds a run of these same parameters: continuing it" in out
     assert f"{modeldir} has finished all 2 epochs; nothing to train." in out
 
     (modeldir / "model-2.ckpt").unlink()  # as if stopped after epoch 1: continued, saying so
-    train(config, continue_same_run=True)
+    train(config, Lines(), continue_same_run=True)
     out = capsys.readouterr().out
     assert "holds a run of these same parameters" in out and [line.split(" Loss")[0] for line in out.splitlines()
                                                               if line.startswith("Epoch ")] == ["Epoch 2"]
@@ -274,28 +279,31 @@ def test_a_notebook_run_again_shows_a_finished_run_continues_an_unfinished_one_a
     before = {path.name: path.read_bytes() for path in modeldir.iterdir()}
     with pytest.raises(ModeldirError) as refused:
         train(dataclasses.replace(config, epochs=3, learning_rate=0.1), continue_same_run=True)
-    message = str(refused.value)
+    with use_words(parameter_words):  # as in a notebook's kernel (hw2.notebook.notebook_config)
+        message = str(refused.value)
+        assert refused.value._render_traceback_() == [f"ModeldirError: {message}"]  # IPython shows this one line
     assert "other parameters (epochs 2 there, 3 here; learning_rate 0.05 there, 0.1 here)" in message
     assert "Set those back" in message and "resume = True" in message and "new modeldir" in message
-    assert refused.value._render_traceback_() == [f"ModeldirError: {message}"]  # IPython shows this one line
     with pytest.raises(ModeldirError) as refused:  # another network: resume cannot continue it
         train(dataclasses.replace(config, resnet_size=2), continue_same_run=True)
-    assert "resnet_size 1 there, 2 here" in str(refused.value) and "resume = True" not in str(refused.value)
+    assert "resnet_size 1 there, 2 here" in str(refused.value) and "resume=True" not in str(refused.value)
     assert {path.name: path.read_bytes() for path in modeldir.iterdir()} == before  # not even the log
 
 
 def test_the_command_line_keeps_resume_explicit_and_its_refusal_names_what_differs(cifar_dir, tmp_path):
     config = small_config(cifar_dir, tmp_path, epochs=1)
     train(config)
-    with pytest.raises(ModeldirError, match=r"holds checkpoints of a run with these parameters; newest model-1.ckpt. "
-                                            r"Pass --resume to continue that run; to start another, choose a new "
-                                            r"--modeldir"):
-        train(config)
-    with pytest.raises(ModeldirError, match=r"other parameters \(epochs 1 there, 2 here\); newest model-1.ckpt. "
-                                            r"Pass --resume to continue that run with these values"):
-        train(dataclasses.replace(config, epochs=2))
-    with pytest.raises(ModeldirError, match="first_num_filters 8 there, 16 here.*pass the values it has and --resume"):
-        train(dataclasses.replace(config, first_num_filters=16))
+    with use_words(flag_words):  # as the command line words its messages (hw2.cli.main)
+        with pytest.raises(ModeldirError, match=r"holds checkpoints of a run with these parameters; newest "
+                                                r"model-1.ckpt. Pass --resume to continue that run; to start "
+                                                r"another, choose a new --modeldir"):
+            train(config)
+        with pytest.raises(ModeldirError, match=r"other parameters \(epochs 1 there, 2 here\); newest model-1.ckpt. "
+                                                r"Pass --resume to continue that run with these values"):
+            train(dataclasses.replace(config, epochs=2))
+        with pytest.raises(ModeldirError, match="first_num_filters 8 there, 16 here.*pass the values it has and "
+                                                "--resume"):
+            train(dataclasses.replace(config, first_num_filters=16))
     # where and how a run computes is not what it learns: continuing under other values is the same run
     assert run_differences(dataclasses.asdict(config), dataclasses.replace(
         config, device="auto", dtype="float32", data_dir="elsewhere", save_interval=7, compile=True)) == {}
