@@ -34,6 +34,8 @@ class Checkpoint:
     scaler: dict = dataclasses.field(default_factory=dict)  # float16's GradScaler state_dict; empty otherwise
     metrics: list = dataclasses.field(default_factory=list)  # one row per epoch done (hw2.train.METRICS)
     partial: dict = dataclasses.field(default_factory=dict)  # a stopped epoch's running totals (train.EpochTotals)
+    average: dict = dataclasses.field(default_factory=dict)  # the weights' moving average (ema_decay), a state_dict
+    # of the network that evaluation uses in place of `model`; empty without one
     source: dict = dataclasses.field(default_factory=dict)  # an imported network's file, sha256, layout (published)
 
     def save(self, path):

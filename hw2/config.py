@@ -46,6 +46,8 @@ class Config:
     lr_milestones: list = knob([91, 136], "epochs after which the step schedule divides the rate by 10")
     warmup_epochs: float = knob(0.0, "linear warm-up from 0 over this many epochs (fractions allowed)")
     label_smoothing: float = knob(0.0, "cross-entropy label smoothing")
+    ema_decay: float = knob(0.0, "decay of a per-step moving average of the weights and BatchNorm statistics, "
+                                 "which validation and testing use (e.g. 0.999; 0: off)")
     resize_fraction: float = knob(0.0, "progressive resizing: this first fraction of the epochs trains on "
                                        "downscaled images (0: off)")
     min_image_size: int = knob(16, "progressive resizing starts at this size and grows in steps of 4 to 32")
@@ -87,6 +89,7 @@ class Config:
             ("lr_milestones", milestones == sorted(set(milestones)), "must be increasing"),
             ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1) (0: off)"),
             ("resize_fraction", 0 <= self.resize_fraction < 1, "must be in [0, 1)"),
             ("min_image_size", _is_int(self.min_image_size) and 8 <= self.min_image_size <= 32, "must be in [8, 32]"),
             ("valid_size", _is_int(self.valid_size) and 0 <= self.valid_size < 50000, "must be in [0, 50000)"),

@@ -95,12 +95,13 @@ def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=Tr
 
 
 def restore(path, device="auto"):
-    """Rebuild the network a checkpoint was trained as and load its weights -> (model, Checkpoint)."""
+    """Rebuild the network a checkpoint was trained as and load its weights (their moving average, where the
+    run kept one) -> (model, Checkpoint)."""
     device = resolve_device(device) if isinstance(device, str) else device
     checkpoint = Checkpoint.load(path)
     c = checkpoint.config
     model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"], c["shortcut"])
-    model.load_state_dict(checkpoint.model)
+    model.load_state_dict(checkpoint.average or checkpoint.model)  # a run's moving average is what it tests
     model.to(device, memory_format=torch.channels_last)
     return model, checkpoint
 

@@ -173,6 +173,8 @@ def recipe(config):
     words += [name for name in ("nesterov", "tta") if c[name]]
     if c["label_smoothing"]:
         words.append(f"smoothing {c['label_smoothing']:g}")
+    if c.get("ema_decay"):  # runs older than ema_decay have none
+        words.append(f"ema {c['ema_decay']:g}")
     if c["resize_fraction"]:
         words.append(f"resize {c['resize_fraction']:g}")
     if c["train_subset"]:

@@ -9,7 +9,9 @@ decided on the device (the fused SGD kernel skips the update), and the host look
 Training prints nothing: what happens goes to a hw2.events.Reporter, which each front end renders.
 """
 import contextlib
+import copy
 import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -133,6 +135,27 @@ class EpochTotals:
         return (loss / seen, correct / seen) if seen else (float("nan"), float("nan"))
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (its floating-point parameters
+    and buffers), kept in a copy of the model (`model`) that validation, the checkpoints and testing use. The
+    decay at global step g is min(decay, (1 + g) / (10 + g)): early on the average follows the weights closely and
+    so forgets their random start, and as a function of g alone it resumes exactly."""
+
+    def __init__(self, model, decay):
+        self.decay, self.model = decay, copy.deepcopy(model).requires_grad_(False)
+        self.pairs = list(zip(self._tensors(self.model), self._tensors(model)))
+
+    @staticmethod
+    def _tensors(model):
+        return [t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, global_step):
+        weight = 1 - min(self.decay, (1 + global_step) / (10 + global_step))
+        for average, current in self.pairs:
+            average.lerp_(current, weight)
+
+
 class _StopRequests:
     """The first stop signal (SIGINT, and SIGTERM on Unix or SIGBREAK on Windows: runtime.stop_signals) asks the
     loop to stop after the current step, reported to `report`; a second one stops at once."""
@@ -254,7 +277,8 @@ def _start_processes(device):
 
 
 def train(config, report=None, continue_same_run=False):
-    """Train a ResNet as `config` says -> (model, metrics rows). What happens is reported to `report` (a
+    """Train a ResNet as `config` says -> (model, metrics rows); the model is the weights' moving average where
+    config.ema_decay asks for one. What happens is reported to `report` (a
     hw2.events.Reporter; None: nothing is shown) on the main process; what the front end prints meanwhile is
     kept in modeldir/log.txt, the config in modeldir/config.json (hw2.runs).
 
@@ -296,17 +320,19 @@ class Run:
                                         config.weight_decay)
         self.scaler = grad_scaler(device, self.dtype)
         # `model` is the network itself (checkpointed, evaluated); `network` is what the steps run: the same
-        # model, wrapped for data parallelism and compiled where asked
-        self.network = self.model
+        # model, wrapped for data parallelism and compiled where asked (`eager`: the same, not compiled)
+        self.network = self.eager = self.model
         if world > 1:
-            self.network = torch.nn.parallel.DistributedDataParallel(
+            self.network = self.eager = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device] if device.type == "cuda" else None)
         if config.compile:
-            self.network = torch.compile(self.network)
+            self.network = torch.compile(self.eager)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.metrics = []
 
     def train(self):
-        """Train the epochs not yet done -> (model, metrics rows)."""
+        """Train the epochs not yet done -> (the network: its moving average where ema_decay asks for one,
+        metrics rows)."""
         epoch, step, partial = self.resume() if self.config.resume else (0, 0, None)
         if self.main:
             self.start(epoch)
@@ -316,7 +342,11 @@ class Run:
                 step, partial = 0, None
         if self.main:
             self.report.finished(self.metrics, self.modeldir)
-        return self.model, self.metrics
+        return self.evaluated(), self.metrics
+
+    def evaluated(self):
+        """The network that validation, testing and the user get: the moving average where there is one."""
+        return self.average.model if self.average else self.model
 
     def start(self, epoch):
         """Write config.json and metrics.csv as they stand (dropping rows newer than a resumed checkpoint), and
@@ -344,7 +374,7 @@ class Run:
         row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                "train_acc": train_acc, "valid_loss": float("nan"), "valid_acc": float("nan")}
         if self.main and len(self.x_valid):
-            result = evaluate(self.model, self.x_valid, self.y_valid, (self.loader.mean, self.loader.std),
+            result = evaluate(self.evaluated(), self.x_valid, self.y_valid, (self.loader.mean, self.loader.std),
                               device=self.device, dtype=self.dtype, tta=self.config.tta)
             row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
         row["seconds"] = totals.seconds()
@@ -368,8 +398,9 @@ class Run:
             for step, images, labels in loader.batches(epoch, start_step, get_image_size(epoch, config)):
                 for group in self.optimizer.param_groups:
                     group["lr"] = get_lr(epoch + step / len(loader), config)
-                loss, logits, finite = train_step(self.network, self.optimizer, images, labels, self.device,
-                                                  self.dtype, config.label_smoothing, self.scaler)
+                loss, logits, finite = self.step(images, labels)
+                if self.average:
+                    self.average.update(epoch * len(loader) + step)
                 totals.add(step, loss, logits, labels, finite)
                 report.step()
                 if config.on_nan == "stop" and (step + 1) % CHECK_EVERY == 0:
@@ -379,6 +410,22 @@ class Run:
         finally:
             report.steps_end()
         return None
+
+    def step(self, images, labels):
+        """train_step of the network. torch.compile compiles at the first call, and where it cannot (no C++
+        compiler, as on many Windows machines; an operator it does not support) the run goes on without it,
+        with a warning: the failed call updated nothing (gradients are cleared first, the update comes last)."""
+        args = (images, labels, self.device, self.dtype, self.config.label_smoothing, self.scaler)
+        if self.network is self.eager:
+            return train_step(self.network, self.optimizer, *args)
+        try:
+            return train_step(self.network, self.optimizer, *args)
+        except Exception as e:  # torch's compiler errors share no base class
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            self.report.warning(f"torch.compile failed ({type(e).__name__}: {reason}); training without it. Set "
+                                f"{field('compile', False)} to skip the attempt.")
+            self.network = self.eager
+            return train_step(self.network, self.optimizer, *args)
 
     def check_finite(self, totals, epoch):
         """The number of this epoch's steps skipped for a non-finite loss so far (reading it waits for the
@@ -400,7 +447,8 @@ class Run:
                    mean=self.loader.mean.flatten().tolist(), std=self.loader.std.flatten().tolist(),
                    epoch=epoch, step=step, optimizer=self.optimizer.state_dict(),
                    scaler=self.scaler.state_dict() if self.scaler else {}, metrics=self.metrics,
-                   partial=partial or EpochTotals.NONE).save(path)
+                   partial=partial or EpochTotals.NONE,
+                   average=self.average.model.state_dict() if self.average else {}).save(path)
         if not step:  # a whole-epoch checkpoint supersedes the mid-epoch ones of this and earlier epochs
             for older in list_checkpoints(self.modeldir):
                 older_epoch, older_step = NAME.match(older.name).groups()
@@ -416,6 +464,8 @@ class Run:
             return 0, 0, None
         check_architecture(checkpoint, self.config, path)
         self.model.load_state_dict(checkpoint.model)
+        if self.average:  # a checkpoint without an average (another run's, an imported network) starts one
+            self.average.model.load_state_dict(checkpoint.average or checkpoint.model)
         if checkpoint.optimizer:  # an imported network has none: fine-tuning starts SGD afresh, as the flags say
             self.optimizer.load_state_dict(checkpoint.optimizer)
         # the network goes on with the normalisation it was trained with (an imported one: its authors')

@@ -58,6 +58,9 @@ def test_the_result_is_the_medians_of_the_windows_and_what_follows_from_them():
     forward = report["mflop_per_image"]["forward"] * 1e6
     assert report["gflop_per_s"]["hw2_train"] == pytest.approx(200 * 3 * forward / 1e9)
     assert report["gflop_per_s"]["hw2_eval"] == pytest.approx(2000 * forward / 1e9)
+    for task in ("train", "eval"):  # over the matmul rate of the dtype it ran in, float32 here
+        assert report["share_of_matmul"][f"hw2_{task}"] == pytest.approx(
+            report["gflop_per_s"][f"hw2_{task}"] / report["gflop_per_s"]["matmul_float32"])
     assert (report["model"], report["dtype"], report["data"]) == ("ResNet-8 (version 1, resnet_size 1)", "float32",
                                                                    "made up")
     assert (report["eval_images"], report["ref_eval_images"], report["windows"]) == (16, 4, 3)

@@ -201,15 +201,16 @@ def test_a_checkpoint_saved_loads_back_with_every_field(tmp_path):
               "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]},
               "scaler": {"scale": 1024.0, "_growth_tracker": 5}, "metrics": [{"epoch": 1, "lr": 0.1}],
               "partial": {"loss": 1.5, "correct": 4, "seen": 8, "seconds": 0.5},
-              "source": {"file": "resnet20-12fca82f.th", "sha256": "0" * 64}}
+              "source": {"file": "resnet20-12fca82f.th", "sha256": "0" * 64}, "average": {"w": torch.arange(3.0) / 2}}
     assert fields.keys() == {f.name for f in dataclasses.fields(Checkpoint)}, "a value for every field"
     path = tmp_path / "model-4-step7.ckpt"
     Checkpoint(**fields).save(path)
     loaded = Checkpoint.load(path)
     assert torch.equal(loaded.model["w"], fields["model"]["w"])
+    assert torch.equal(loaded.average["w"], fields["average"]["w"])
     assert torch.equal(loaded.optimizer["state"][0]["momentum_buffer"], torch.ones(3))
     assert loaded.optimizer["param_groups"] == fields["optimizer"]["param_groups"]
-    plain = fields.keys() - {"model", "optimizer"}  # the fields without tensors, which == compares
+    plain = fields.keys() - {"model", "optimizer", "average"}  # the fields without tensors, which == compares
     assert {k: getattr(loaded, k) for k in plain} == {k: fields[k] for k in plain}
 
 
@@ -223,7 +224,7 @@ def test_an_old_checkpoint_loads_with_defaults_for_what_it_lacks(tmp_path):
     checkpoint = Checkpoint.load(path)
     assert checkpoint.config == {"resnet_version": 1, "resnet_size": 1, "shortcut": "projection"}
     assert (checkpoint.epoch, checkpoint.metrics) == (2, [{"epoch": 1}, {"epoch": 2}])
-    assert (checkpoint.scaler, checkpoint.partial, checkpoint.source) == ({}, {}, {})
+    assert (checkpoint.scaler, checkpoint.partial, checkpoint.source, checkpoint.average) == ({}, {}, {}, {})
     assert torch.equal(checkpoint.model["w"], torch.ones(2))
 
 

@@ -45,7 +45,7 @@ def test_progressive_resizing_grows_the_images_to_32():
                                          ("learning_rate", 0), ("learning_rate", -1), ("device", "tpu"),
                                          ("lr_schedule", "linear"), ("dtype", "float8"), ("epochs", 0),
                                          ("on_nan", "ignore"), ("valid_size", -1), ("lr_milestones", [5, 3]), ("resize_fraction", 1.0),
-                                         ("min_image_size", 4)])
+                                         ("min_image_size", 4), ("ema_decay", 1.0)])
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Config(**{field: value})
@@ -109,6 +109,24 @@ def test_same_seed_same_weights(cifar_dir, tmp_path, capsys):
     c, _ = train(small_config(cifar_dir, tmp_path / "c", epochs=1, seed=1))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.output_layer.fc.weight, c.output_layer.fc.weight)
+
+
+
+def test_a_network_that_cannot_compile_trains_without_it_and_says_so(cifar_dir, tmp_path, monkeypatch, capsys):
+    class CannotCompile(torch.nn.Module):  # torch.compile's result fails at its first call, where compiling happens
+        def __init__(self, network):
+            super().__init__()
+            self.network = network
+
+        def forward(self, images):
+            raise RuntimeError("Compiler: cl is not found.\nmore detail")
+    eager, _ = train(small_config(cifar_dir, tmp_path / "eager", epochs=1))
+    monkeypatch.setattr(torch, "compile", CannotCompile)
+    fallen_back, _ = train(small_config(cifar_dir, tmp_path / "compiled", epochs=1, compile=True), Lines())
+    [warning] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert warning == ("warning: torch.compile failed (RuntimeError: Compiler: cl is not found.); training without "
+                       "it. Set compile=False to skip the attempt.")
+    assert all(torch.equal(x, y) for x, y in zip(eager.state_dict().values(), fallen_back.state_dict().values()))
 
 
 def _tiny_network_and_batch(seed=0):
