@@ -84,6 +84,6 @@ def test_the_recipe_in_a_few_words():
 def test_the_runs_in_reports_compare():
     table = runs_table(sorted(path for path in REPORTS.iterdir() if (path / "metrics.csv").exists()))
     rows = {line.split()[0]: line for line in table.splitlines()[2:]}
-    assert sorted(rows) == ["r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
+    assert sorted(rows) == ["ema_fast", "r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
     assert "182/182" in rows["r20_he"] and "87.84%      87.54%  87.42% / 89.04% tta" in rows["r20_he"]
     assert rows["r20_he"].endswith("cpu bfloat16") and rows["v2_size2"].split()[1:3] == ["ResNet-20", "v2"]
