@@ -6,7 +6,8 @@
     metrics.csv   one row per epoch, the METRICS columns (write_metrics)
     test.csv      checkpoint,tta,accuracy: each test of a checkpoint on the 10,000 test images, the latest kept
 
-A folder of reports/ holds the same files, without the checkpoints.
+A folder of reports/ holds the same files, without the checkpoints, or a recipe's seeds: results.json
+(seed_results) beside each seed's metrics_seed{N}.csv.
 """
 import contextlib
 import csv
@@ -14,13 +15,14 @@ import io
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from hw2.checkpoint import NAME, latest_checkpoint
+from hw2.checkpoint import NAME, latest_checkpoint, list_checkpoints
 from hw2.errors import Hw2Error
 from hw2.models import ResNet, count_parameters
 
@@ -208,10 +210,75 @@ def run_row(folder):
             _duration(sum(row["seconds"] for row in metrics)), f"{config['device']} {config['dtype']}"]
 
 
+def is_run(folder):
+    return (Path(folder) / CONFIG).exists() or bool(list_checkpoints(folder))
+
+
 def runs_table(folders):
     """One row per run (a modeldir, or a folder of reports/): network, recipe, parameters, epochs done of
     those asked for, best and last validation accuracy, test accuracy of the newest tested checkpoint,
-    training time (the epochs' seconds added up), device and dtype."""
+    training time (the epochs' seconds added up), device and dtype. Folders that are not runs (a glob such
+    as reports/*/ also finds benchmark folders) are named under the table; if none is a run, that is an
+    error."""
+    runs = [folder for folder in folders if is_run(folder)]
+    if not runs:
+        raise Hw2Error(f"{folders[0]} is not a run: it has no {CONFIG} and no checkpoint"
+                       + (f" (nor has any of the other {len(folders) - 1})" if len(folders) > 1 else ""))
     header = ["run", "network", "recipe", "parameters", "epochs", "best valid", "last valid", "test", "time",
               "device"]
-    return format_table(header, [run_row(folder) for folder in folders], left=3)
+    table = format_table(header, [run_row(folder) for folder in runs], left=3)
+    others = [str(folder) for folder in folders if folder not in runs]
+    return table + (f"\nNot runs (no {CONFIG}, no checkpoint), left out: {', '.join(others)}" if others else "")
+
+
+# --- one recipe over several seeds ------------------------------------------------------------------
+
+def _final_test(folder, epochs, tta):
+    """The test accuracy of a finished run's last checkpoint, with or without flip TTA, from its test.csv."""
+    name = f"model-{epochs}.ckpt"
+    for row in read_tests(folder):
+        if row["checkpoint"] == name and row["tta"] == str(tta):
+            return float(row["accuracy"])
+    flag = "--tta" if tta else "--no-tta"
+    raise Hw2Error(f"{folder} has no test of {name} {'with' if tta else 'without'} flip TTA: run "
+                   f"python -m hw2 test --modeldir {folder} --checkpoint {epochs} {flag}")
+
+
+def seed_results(folders, recipe_name, processor):
+    """What reports/<name>/results.json holds for one recipe trained once per seed: per seed (lists in the
+    order of `folders`) the last epoch's validation accuracy, the last checkpoint's test accuracy without
+    and with flip TTA, and the training seconds; their mean and standard deviation (None for one seed); the
+    recipe in a few words and its config; the machine that trained them, as hw2.bench.processor describes it
+    (this module does not look at the machine), and the dtype. Validation used flip TTA where the recipe has
+    tta (valid_tta). Each folder must be a finished run of the same recipe, differing only in seed, modeldir
+    and save_interval, tested both ways."""
+    configs = [read_config(folder) for folder in folders]
+    fields = _recipe_fields(configs[0])
+    for folder, config in zip(folders, configs):
+        differ = sorted(k for k, v in _recipe_fields(config).items() if fields.get(k) != v)
+        if differ:
+            raise Hw2Error(f"{folder} is not the recipe of {folders[0]}: {', '.join(differ)} differ")
+    epochs = configs[0]["epochs"]
+    results = {"recipe": recipe_name, "epochs": epochs, "seeds": [c["seed"] for c in configs],
+               "test_accuracy": [], "test_accuracy_tta": [], "valid_accuracy": [], "seconds": []}
+    for folder in folders:
+        metrics = read_metrics(Path(folder) / METRICS_FILE)
+        if len(metrics) != epochs:
+            raise Hw2Error(f"{folder} has trained {len(metrics)} of its {epochs} epochs: finish it (the command "
+                           f"that trained it again, with --resume added)")
+        results["valid_accuracy"].append(round(metrics[-1]["valid_acc"], 4))
+        results["seconds"].append(round(sum(row["seconds"] for row in metrics), 1))
+        results["test_accuracy"].append(_final_test(folder, epochs, tta=False))
+        results["test_accuracy_tta"].append(_final_test(folder, epochs, tta=True))
+    for name in ("test_accuracy", "test_accuracy_tta", "valid_accuracy"):
+        values = results[name]
+        results[f"{name}_mean"] = round(statistics.fmean(values), 5)
+        results[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else None
+    results.update(valid_tta=fields["tta"], description=recipe(fields), **processor,
+                   dtype=configs[0]["dtype"], device=configs[0]["device"], config=fields)
+    return results
+
+
+def _recipe_fields(config):
+    """A run's config less what does not change what is trained (where it is kept, how often, which seed)."""
+    return {k: v for k, v in config.items() if k not in ("seed", "modeldir", "resume", "save_interval", "data_dir")}

@@ -10,7 +10,7 @@ from hw2.config import FAST_RECIPE, Config
 from hw2.data import load_test_data
 from hw2.errors import Hw2Error
 from hw2.evaluate import evaluate_checkpoints
-from hw2.runs import log_output, read_tests, recipe, runs_table
+from hw2.runs import log_output, read_tests, recipe, record_test, runs_table, seed_results, write_config, write_metrics
 from hw2.train import train
 from conftest import small_config
 
@@ -73,6 +73,12 @@ def test_a_run_without_config_json_is_read_from_its_checkpoint(cifar_dir, tmp_pa
     assert "ResNet-8 v1" in runs_table([config.checkpoint_dir])
     with pytest.raises(Hw2Error, match="is not a run: it has no config.json and no checkpoint"):
         runs_table([tmp_path])
+    (tmp_path / "bench").mkdir()
+    with pytest.raises(Hw2Error, match=r"is not a run: it has no config.json and no checkpoint \(nor has any of "
+                                       r"the other 1\)"):
+        runs_table([tmp_path, tmp_path / "bench"])
+    *_, last = runs_table([tmp_path / "bench", config.checkpoint_dir]).splitlines()  # a glob finds other folders
+    assert last == f"Not runs (no config.json, no checkpoint), left out: {tmp_path / 'bench'}"
 
 
 def test_the_recipe_in_a_few_words():
@@ -82,8 +88,58 @@ def test_the_recipe_in_a_few_words():
 
 
 def test_the_runs_in_reports_compare():
-    table = runs_table(sorted(path for path in REPORTS.iterdir() if (path / "metrics.csv").exists()))
-    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
-    assert sorted(rows) == ["ema_fast", "r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
+    folders = sorted(path for path in REPORTS.glob("*") if path.is_dir())  # as reports/README.md's command
+    folders += sorted(path for path in REPORTS.glob("*/*_seed*") if path.is_dir())
+    table = runs_table(folders)
+    *lines, left_out = table.splitlines()
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert sorted(rows) == ["ema_fast", "fast30_seed0", "r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
+    assert left_out.endswith("left out: " + ", ".join(str(REPORTS / name) for name in ("compile_avx2", "fast30")))
     assert "182/182" in rows["r20_he"] and "87.84%      87.54%  87.42% / 89.04% tta" in rows["r20_he"]
     assert rows["r20_he"].endswith("cpu bfloat16") and rows["v2_size2"].split()[1:3] == ["ResNet-20", "v2"]
+
+
+def _finished_run(folder, seed, valid, tests, epochs=2, **changes):
+    """A modeldir as a finished run of `epochs` leaves it (without checkpoints): its config, metrics and the
+    test accuracies {tta: accuracy} of its last checkpoint."""
+    folder.mkdir()
+    config = dataclasses.asdict(Config(epochs=epochs, seed=seed, modeldir=str(folder), **changes))
+    write_config(folder, {**config, "device": "cpu", "dtype": "float32"})
+    write_metrics(folder, [dict(epoch=e, lr=0.1, train_loss=1.0, train_acc=0.5, valid_loss=1.0,
+                                valid_acc=valid if e == epochs else 0.1, seconds=10.0) for e in range(1, epochs + 1)])
+    for tta, accuracy in tests.items():
+        record_test(folder / f"model-{epochs}.ckpt", tta, accuracy)
+    return folder
+
+
+def test_a_recipe_over_seeds_gives_each_seeds_figures_and_their_mean_and_spread(tmp_path):
+    runs = [_finished_run(tmp_path / f"s{seed}", seed, valid, {False: test, True: test + 0.01}, save_interval=seed + 1)
+            for seed, valid, test in ((0, 0.80, 0.85), (1, 0.82, 0.86), (2, 0.84, 0.87))]
+    results = seed_results(runs, "mine", {"processor": "Some CPU", "native_bfloat16": False})
+    assert results["recipe"] == "mine" and results["epochs"] == 2 and results["seeds"] == [0, 1, 2]
+    assert results["test_accuracy"] == [0.85, 0.86, 0.87] and results["test_accuracy_tta"] == [0.86, 0.87, 0.88]
+    assert results["valid_accuracy"] == [0.80, 0.82, 0.84] and results["seconds"] == [20.0] * 3
+    assert results["test_accuracy_mean"] == 0.86 and results["test_accuracy_std"] == 0.01
+    assert results["valid_accuracy_mean"] == 0.82 and results["valid_accuracy_std"] == 0.02
+    assert (results["processor"], results["native_bfloat16"], results["dtype"]) == ("Some CPU", False, "float32")
+    assert results["description"] == "lr 0.1, batch 128, wd 0.0001" and results["valid_tta"] is False
+    assert results["config"]["epochs"] == 2 and "seed" not in results["config"]
+    assert json.loads(json.dumps(results)) == results
+    one = seed_results(runs[:1], "mine", {"processor": "Some CPU"})
+    assert one["test_accuracy_mean"] == 0.85 and one["test_accuracy_std"] is None  # no spread from one seed
+
+
+def test_seeds_of_different_recipes_or_unfinished_or_untested_runs_are_refused(tmp_path):
+    first = _finished_run(tmp_path / "a", 0, 0.8, {False: 0.8, True: 0.81})
+    other = _finished_run(tmp_path / "b", 1, 0.8, {False: 0.8, True: 0.81}, weight_decay=5e-4)
+    with pytest.raises(Hw2Error, match="b is not the recipe of .*a: weight_decay differ"):
+        seed_results([first, other], "mine", "cpu")
+    untested = _finished_run(tmp_path / "c", 1, 0.8, {False: 0.8})
+    with pytest.raises(Hw2Error, match=r"has no test of model-2.ckpt with flip TTA: run python -m hw2 test "
+                                       r"--modeldir .*c --checkpoint 2 --tta"):
+        seed_results([first, untested], "mine", "cpu")
+    unfinished = _finished_run(tmp_path / "d", 1, 0.8, {False: 0.8, True: 0.81})
+    write_config(unfinished, {**json.loads((unfinished / "config.json").read_text()), "epochs": 3})
+    with pytest.raises(Hw2Error, match=r"d has trained 2 of its 3 epochs: finish it \(the command that trained it "
+                                       r"again, with --resume added\)"):
+        seed_results([unfinished], "mine", "cpu")
