@@ -16,11 +16,17 @@ from pathlib import Path
 import torch
 
 from hw2.bench import processor
+from hw2.cli import flag_words
+from hw2.errors import Hw2Error, use_words
 from hw2.report import compare_curves
 from hw2.runs import CONFIG, LOG, METRICS_FILE, TESTS, read_config, read_metrics, seed_results
 
 name, *folders = sys.argv[1:]
-results = seed_results(folders, name, processor(torch.device(read_config(folders[0])["device"])))
+with use_words(flag_words):  # its errors name the flags of python -m hw2 test and train
+    try:
+        results = seed_results(folders, name, processor(torch.device(read_config(folders[0])["device"])))
+    except Hw2Error as e:
+        sys.exit(f"Error: {e}")
 out = Path("reports") / name
 out.mkdir(parents=True, exist_ok=True)
 (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

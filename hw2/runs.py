@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from hw2.checkpoint import NAME, latest_checkpoint, list_checkpoints
-from hw2.errors import Hw2Error
+from hw2.errors import Hw2Error, field
 from hw2.models import ResNet, count_parameters
 
 CONFIG, LOG, METRICS_FILE, TESTS = "config.json", "log.txt", "metrics.csv", "test.csv"
@@ -239,9 +239,8 @@ def _final_test(folder, epochs, tta):
     for row in read_tests(folder):
         if row["checkpoint"] == name and row["tta"] == str(tta):
             return float(row["accuracy"])
-    flag = "--tta" if tta else "--no-tta"
-    raise Hw2Error(f"{folder} has no test of {name} {'with' if tta else 'without'} flip TTA: run "
-                   f"python -m hw2 test --modeldir {folder} --checkpoint {epochs} {flag}")
+    raise Hw2Error(f"{folder} has no test of {name} {'with' if tta else 'without'} flip TTA: test that "
+                   f"checkpoint with {field('tta', tta)}")
 
 
 def seed_results(folders, recipe_name, processor):
@@ -264,8 +263,8 @@ def seed_results(folders, recipe_name, processor):
     for folder in folders:
         metrics = read_metrics(Path(folder) / METRICS_FILE)
         if len(metrics) != epochs:
-            raise Hw2Error(f"{folder} has trained {len(metrics)} of its {epochs} epochs: finish it (the command "
-                           f"that trained it again, with --resume added)")
+            raise Hw2Error(f"{folder} has trained {len(metrics)} of its {epochs} epochs: finish it (train it again "
+                           f"with {field('resume', True)})")
         results["valid_accuracy"].append(round(metrics[-1]["valid_acc"], 4))
         results["seconds"].append(round(sum(row["seconds"] for row in metrics), 1))
         results["test_accuracy"].append(_final_test(folder, epochs, tta=False))
