@@ -7,7 +7,7 @@
     test.csv      checkpoint,tta,accuracy: each test of a checkpoint on the 10,000 test images, the latest kept
 
 A folder of reports/ holds the same files, without the checkpoints, or a recipe's seeds: results.json
-(seed_results) beside each seed's metrics_seed{N}.csv.
+(seed_results) beside each seed's run in a folder NAME_seed{N}/ (benchmarks/seed_results.py).
 """
 import contextlib
 import csv
