@@ -144,4 +144,10 @@ SMOKE_RECIPE = {**SMALL_RUN, "epochs": 4, "train_subset": 20000, "valid_size": 1
 # agree): one epoch on 500 images, so that the notebook's whole Run All takes about a minute.
 FIRST_TRY = {**SMALL_RUN, "epochs": 1, "train_subset": 500, "valid_size": 200, "modeldir": "runs/try"}
 
-RECIPES = {"he": {}, "fast": FAST_RECIPE, "smoke": SMOKE_RECIPE}
+# The fast recipe for 60 epochs, a third of He et al.'s 182: the most accurate short recipe measured here
+# (reports/fast60/: 87.71 +- 0.47% test over 3 seeds on the stand-in, 91-102 minutes each on a 2-core AVX2
+# CPU). It keeps 5,000 validation images, as those runs did, so that it reproduces them and shows a validation
+# curve.
+FAST60_RECIPE = {**FAST_RECIPE, "epochs": 60, "valid_size": 5000}
+
+RECIPES = {"he": {}, "fast": FAST_RECIPE, "fast60": FAST60_RECIPE, "smoke": SMOKE_RECIPE}

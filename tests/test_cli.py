@@ -1,6 +1,7 @@
 """The command line as a user meets it: flags made from Config, help with defaults, `test` reading the network
 from the checkpoint, expected failures as one line, the README's flag table and commands."""
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from hw2.cli import build_parser
 from hw2.config import FAST_RECIPE, RECIPES, Config, help_text
 from hw2.data import BATCH_DIR
 from hw2.errors import CheckpointError
+from hw2.train import NOT_THE_RUN
 from conftest import as_flags, small_settings, untrained_checkpoint
 
 FIELDS = [field.name for field in dataclasses.fields(Config)]
@@ -188,6 +190,19 @@ def test_fast_recipe_flag_sets_the_recipe_and_explicit_flags_win(monkeypatch):
     assert config.lr_schedule == "cosine" and config.label_smoothing == FAST_RECIPE["label_smoothing"]
     assert config.epochs == 7
 
+
+
+def test_fast60_recipe_is_the_configuration_of_its_reported_runs(monkeypatch):
+    """`--recipe fast60 --seed N` trains exactly what reports/fast60/ measured (apart from where it is kept)."""
+    seen = {}
+    monkeypatch.setattr(cli, "train", lambda config, report: seen.setdefault("config", config))
+    assert cli.main(["train", "--recipe", "fast60"]) == 0
+    recipe = dataclasses.asdict(seen["config"])
+    runs = sorted((README.parent / "reports" / "fast60").glob("fast60_seed*"))
+    assert len(runs) >= 3
+    for run in runs:
+        measured = json.loads((run / "config.json").read_text())
+        assert {name for name, value in recipe.items() if measured[name] != value} - set(NOT_THE_RUN) <= {"seed"}
 
 def test_runs_prints_one_row_per_run_and_names_a_folder_that_is_not_one(capsys):
     reports = README.parent / "reports"
