@@ -191,9 +191,9 @@ def test_fast_recipe_flag_sets_the_recipe_and_explicit_flags_win(monkeypatch):
     assert config.epochs == 7
 
 
-
 def test_fast60_recipe_is_the_configuration_of_its_reported_runs(monkeypatch):
-    """`--recipe fast60 --seed N` trains exactly what reports/fast60/ measured (apart from where it is kept)."""
+    """`--recipe fast60 --seed N` trains exactly what reports/fast60/ measured, apart from the seed and where and how
+    it ran (NOT_THE_RUN)."""
     seen = {}
     monkeypatch.setattr(cli, "train", lambda config, report: seen.setdefault("config", config))
     assert cli.main(["train", "--recipe", "fast60"]) == 0
@@ -203,6 +203,7 @@ def test_fast60_recipe_is_the_configuration_of_its_reported_runs(monkeypatch):
     for run in runs:
         measured = json.loads((run / "config.json").read_text())
         assert {name for name, value in recipe.items() if measured[name] != value} - set(NOT_THE_RUN) <= {"seed"}
+
 
 def test_runs_prints_one_row_per_run_and_names_a_folder_that_is_not_one(capsys):
     reports = README.parent / "reports"
