@@ -51,6 +51,10 @@ class Config:
     resize_fraction: float = knob(0.0, "progressive resizing: this first fraction of the epochs trains on "
                                        "downscaled images (0: off)")
     min_image_size: int = knob(16, "progressive resizing starts at this size and grows in steps of 4 to 32")
+    cutout: int = knob(0, "Cutout: side of a square of each training image set to the mean, centred anywhere in the "
+                          "image (DeVries & Taylor 2017 use 8 on CIFAR-10; 0: off)")
+    flip: str = knob("random", "training images mirrored left-right: 'random' (each with probability 1/2 in every "
+                               "epoch, He et al.) or 'alternate' (every other epoch, from a seeded first choice)")
     tta: bool = knob(False, "evaluate each image and its mirror image, logits averaged")
     # data
     data_dir: str = knob("data", "holds cifar-10-batches-py/ (downloaded there when missing)")
@@ -93,6 +97,8 @@ class Config:
             ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1) (0: off)"),
             ("resize_fraction", 0 <= self.resize_fraction < 1, "must be in [0, 1)"),
             ("min_image_size", _is_int(self.min_image_size) and 8 <= self.min_image_size <= 32, "must be in [8, 32]"),
+            ("cutout", _is_int(self.cutout) and 0 <= self.cutout <= 32, "must be in [0, 32] (0: off)"),
+            ("flip", self.flip in ("random", "alternate"), "must be 'random' or 'alternate'"),
             ("valid_size", _is_int(self.valid_size) and 0 <= self.valid_size < 50000, "must be in [0, 50000)"),
             ("train_subset", _is_int(self.train_subset) and self.train_subset >= 0, "must be >= 0 (0: all)"),
             ("on_nan", self.on_nan in ("stop", "skip"), "must be 'stop' or 'skip'"),

@@ -179,6 +179,10 @@ def recipe(config):
         words.append(f"ema {c['ema_decay']:g}")
     if c["resize_fraction"]:
         words.append(f"resize {c['resize_fraction']:g}")
+    if c.get("cutout"):  # runs older than the augmentation fields had neither
+        words.append(f"cutout {c['cutout']}")
+    if c.get("flip", "random") != "random":
+        words.append(f"{c['flip']} flip")
     if c["train_subset"]:
         words.append(f"{c['train_subset']} images")
     return ", ".join(words)

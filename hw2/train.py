@@ -489,7 +489,7 @@ def _load_data(config, rank, world, device):
     if config.train_subset:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
     loader = Loader(x_train, y_train, config.batch_size // world, channel_stats(x_train), device, training=True,
-                    seed=config.seed, shard=(rank, world))
+                    seed=config.seed, shard=(rank, world), cutout=config.cutout, flip=config.flip)
     if len(loader) == 0:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training images; "
                           f"lower {field('batch_size')} or raise {field('train_subset')}")

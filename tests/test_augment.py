@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from hw2.augment import (Loader, augment_batch, channel_stats, channel_tensors, normalize, parse_record,
+from hw2.augment import (Loader, augment_batch, channel_stats, channel_tensors, cutout, normalize, parse_record,
                          step_generator)
 
 MEAN, STD = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
@@ -141,3 +141,78 @@ def test_downscaled_batches_keep_the_whole_image_at_a_lower_resolution():
     assert all(s.shape[2:] == (20, 20) for s in small)
     torch.testing.assert_close(small[0], torch.nn.functional.interpolate(full[0], size=(20, 20), mode="bilinear",
                                                                         antialias=True, align_corners=False))
+
+
+def test_cutout_sets_one_clipped_square_per_image_to_the_mean_and_leaves_the_rest():
+    """Each image loses exactly the pixels of one size x size square centred on a drawn pixel, clipped at the
+    border, set to 0 in all channels (the mean, after normalisation); centres cover the whole image."""
+    n, size = 2000, 8
+    images = torch.randn(n, 3, 32, 32).contiguous(memory_format=torch.channels_last) + 10  # no zeros before
+    out = cutout(images.clone(), size, step_generator(0, 7, 7))
+    assert out.shape == images.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cutout(images.clone(), size, step_generator(0, 7, 7)), out)  # a function of the seed
+    cut = out == 0
+    assert torch.equal(cut.all(1), cut.any(1)), "a pixel is cut in all three channels or in none"
+    assert torch.equal(out[~cut], images[~cut])
+    rows, columns = cut.all(1).any(2), cut.all(1).any(1)  # [n, 32]: rows and columns the square touches
+    assert torch.equal(cut.all(1), rows[:, :, None] & columns[:, None, :]), "the cut pixels form one rectangle"
+    for touched in (rows, columns):
+        first, count = touched.int().argmax(1), touched.sum(1)
+        assert count.min() >= size // 2 and count.max() == size
+        ends = first + count  # a square clipped at the top/left starts at 0, at the bottom/right ends at 32
+        assert torch.all((count == size) | (first == 0) | (ends == 32))
+        centres = torch.where(first == 0, ends - size // 2, first + size // 2)
+        assert set(centres.tolist()) == set(range(32)), "every row and column can be a centre"
+
+
+def test_the_loader_cuts_out_training_images_only_and_each_step_draws_its_own_squares():
+    x = np.full((64, 3072), 200, np.uint8)
+    stats = ([100.0] * 3, [50.0] * 3)  # every pixel normalises to 2, padding to -2, a cut one to 0
+    training = Loader(x, np.arange(64), 16, stats, "cpu", training=True, seed=1, cutout=8)
+    batches = [images for _, images, _ in training.batches(epoch=0)]
+    for images in batches:
+        cut = (images == 0).all(1).sum((1, 2))
+        assert cut.min() >= 16 and cut.max() == 64 and bool(((images == 0) | (images.abs() == 2)).all())
+    again = [images for _, images, _ in training.batches(epoch=0, start_step=2)]
+    assert torch.equal(again[0], batches[2]), "a resumed epoch cuts the same squares"
+    assert not torch.equal((batches[0] == 0), (batches[1] == 0))
+    evaluation = Loader(x, np.arange(64), 16, stats, "cpu", cutout=8)
+    assert all(bool((images == 2).all()) for _, images, _ in evaluation.batches())
+
+
+def test_cutout_off_draws_exactly_what_the_loader_drew_before_it_existed():
+    """cutout 0 and 'random' flips leave the training batches as they were (reported runs rest on it)."""
+    x = np.random.default_rng(0).integers(0, 256, (64, 3072)).astype(np.uint8)
+    plain = Loader(x, np.arange(64), 16, (MEAN, STD), "cpu", training=True, seed=2)
+    explicit = Loader(x, np.arange(64), 16, (MEAN, STD), "cpu", training=True, seed=2, cutout=0, flip="random")
+    for (_, a, _), (_, b, _) in zip(plain.batches(epoch=1), explicit.batches(epoch=1)):
+        assert torch.equal(a, b)
+
+
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch_from_a_seeded_first_choice():
+    # Image i's left half is dark and its right half bright, with pad 0 crops, so a mirrored crop is told apart
+    # by which side is brighter; labels are the image indices.
+    half = np.zeros((3, 32, 32), np.uint8)
+    half[:, :, 16:] = 255
+    x = np.repeat(half.reshape(1, 3072), 200, 0)
+    stats = ([0.0] * 3, [1.0] * 3)
+
+    def mirrored(loader, epoch):
+        out = {}
+        for _, images, labels in loader.batches(epoch=epoch):
+            bright_left = images[:, 0, :, :16].mean((1, 2)) > images[:, 0, :, 16:].mean((1, 2))
+            out.update(zip(labels.tolist(), bright_left.tolist()))
+        return out
+
+    loader = Loader(x, np.arange(200), 20, stats, "cpu", training=True, seed=4, flip="alternate")
+    epochs = [mirrored(loader, epoch) for epoch in range(4)]
+    first = epochs[0]
+    assert 60 < sum(first.values()) < 140, "the first choice is a coin toss per image"
+    for epoch, flips in enumerate(epochs):
+        assert flips == {i: f ^ bool(epoch % 2) for i, f in first.items()}
+    same_seed = Loader(x, np.arange(200), 20, stats, "cpu", training=True, seed=4, flip="alternate")
+    other_seed = Loader(x, np.arange(200), 20, stats, "cpu", training=True, seed=5, flip="alternate")
+    assert mirrored(same_seed, 2) == epochs[2] and mirrored(other_seed, 0) != first
+    coin = Loader(x, np.arange(200), 20, stats, "cpu", training=True, seed=4)
+    a, b = mirrored(coin, 0), mirrored(coin, 1)
+    assert 60 < sum(a[i] != b[i] for i in a) < 140, "random flips are independent between epochs"

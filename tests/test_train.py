@@ -45,7 +45,8 @@ def test_progressive_resizing_grows_the_images_to_32():
                                          ("learning_rate", 0), ("learning_rate", -1), ("device", "tpu"),
                                          ("lr_schedule", "linear"), ("dtype", "float8"), ("epochs", 0),
                                          ("on_nan", "ignore"), ("valid_size", -1), ("lr_milestones", [5, 3]), ("resize_fraction", 1.0),
-                                         ("min_image_size", 4), ("ema_decay", 1.0)])
+                                         ("min_image_size", 4), ("ema_decay", 1.0), ("cutout", 33),
+                                         ("cutout", -1), ("flip", "vertical")])
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Config(**{field: value})
@@ -225,6 +226,23 @@ def test_a_resumed_run_removes_the_mid_epoch_checkpoint_once_past_it(cifar_dir, 
     monkeypatch.undo()
     train(dataclasses.replace(config, resume=True))
     assert [p.name for p in list_checkpoints(modeldir)] == ["model-1.ckpt", "model-2.ckpt", "model-3.ckpt"]
+
+
+def test_cutout_and_alternate_flip_train_differently_and_resume_bit_identically(cifar_dir, tmp_path, monkeypatch):
+    config = small_config(cifar_dir, tmp_path, cutout=8, flip="alternate", save_interval=1)
+    whole, metrics = train(dataclasses.replace(config, modeldir=str(tmp_path / "whole")))
+    plain, _ = train(small_config(cifar_dir, tmp_path / "plain"))
+    assert not torch.equal(whole.output_layer.fc.weight, plain.output_layer.fc.weight)
+    calls = []
+    monkeypatch.setattr(_StopRequests, "requested", lambda self, world, device: calls.append(1) or len(calls) == 8 + 3)
+    with pytest.raises(Interrupted):  # at step 3 of epoch 2 (8 steps an epoch), so an odd epoch is resumed
+        train(config)
+    monkeypatch.undo()
+    assert Checkpoint.load(config.checkpoint_dir / "model-2-step3.ckpt").config["cutout"] == 8
+    resumed, resumed_metrics = train(dataclasses.replace(config, resume=True))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
+    assert [row["train_loss"] for row in resumed_metrics] == pytest.approx([row["train_loss"] for row in metrics],
+                                                                           rel=1e-6)
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_modeldir(tmp_path):
