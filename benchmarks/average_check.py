@@ -11,7 +11,7 @@ from hw2.bench import processor
 from hw2.checkpoint import Checkpoint
 from hw2.data import load_data, train_valid_split
 from hw2.evaluate import evaluate
-from hw2.models import ResNet
+from hw2.models import build_network
 
 checkpoint = Checkpoint.load(sys.argv[1])
 c = checkpoint.config
@@ -19,7 +19,7 @@ x, y, x_test, y_test = load_data(sys.argv[2] if len(sys.argv) > 2 else "data")
 _, _, x_valid, y_valid = train_valid_split(x, y, c["valid_size"], c["seed"])
 print(processor(torch.device("cpu")), "CIFAR-10 (JPEG stand-in)")
 for name, state in (("last weights", checkpoint.model), ("moving average", checkpoint.average)):
-    model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"], c["shortcut"])
+    model = build_network(c)
     model.load_state_dict(state)
     for split, (xs, ys) in (("valid", (x_valid, y_valid)), ("test", (x_test, y_test))):
         for tta in (False, True):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from hw2.checkpoint import Checkpoint, list_checkpoints
+from hw2.checkpoint import Checkpoint
+from hw2.modeldir import list_checkpoints
 
 
 def command(flags, modeldir, *more):

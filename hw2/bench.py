@@ -30,8 +30,8 @@ AVX512-BF16 EPYC); it is meant for GPUs before compute capability 8.0 (a Colab T
 import argparse
 import json
 import platform
-import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -40,9 +40,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hw2.augment import Loader, channel_stats, parse_record
-from hw2.cli import flag_words
 from hw2.data import BATCH_DIR, data_label, load_data
-from hw2.errors import Hw2Error, use_words
+from hw2.errors import Hw2Error, flag_words
 from hw2.evaluate import evaluate, fold_batchnorm
 from hw2.models import ResNet
 from hw2.runtime import DTYPES, grad_scaler, resolve_device, resolve_dtype, use_fastest_kernels
@@ -137,9 +136,16 @@ def processor(device):
 
 
 def peak_memory_mib(device):
+    """The most memory allocated on a CUDA device; elsewhere this process's maximum resident size, or None where
+    the system does not say (Windows, which has no `resource` module)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
+    try:
+        import resource  # Unix only: imported here so that the benchmark starts on Windows
+    except ImportError:
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 10 if sys.platform == "darwin" else 1)
+    return kib / 2 ** 10  # ru_maxrss is in KiB on Linux, in bytes on macOS
 
 
 def load(data_dir, seed):
@@ -177,10 +183,8 @@ def parse_args(argv):
     try:
         return args, resolve_device(args.device)
     except Hw2Error as e:
-        with use_words(flag_words):  # the message names the flag to change as this command spells it
-            parser.error(str(e))
-    except (ValueError, RuntimeError) as e:  # torch's own, which names no flag
-        parser.error(f"--device {args.device}: {e}")
+        e.words = flag_words  # the message names the flag to change as this command spells it
+        parser.error(str(e))
 
 
 def window_runs(args, device, dtype, train_data, test_data):

@@ -15,120 +15,18 @@ lines on stdout, with a text progress bar on stderr (Lines), and error messages 
 import argparse
 import dataclasses
 import functools
-import math
 import sys
 
-from tqdm import tqdm
-
-from hw2.checkpoint import ARCHITECTURE, list_checkpoints
-from hw2.config import RECIPES, Config, help_text
+from hw2.config import RECIPES, Config, config_from, help_text
 from hw2.data import CLASSES, TEST_BATCH, download, load_test_data
-from hw2.errors import NO_VALUE, Hw2Error, Interrupted, field, in_words, use_words
+from hw2.errors import Hw2Error, Interrupted, flag_words, format_default
 from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
-from hw2.events import Reporter
-from hw2.models import count_parameters
+from hw2.events import Lines
+from hw2.models import ARCHITECTURE
 from hw2.published import LAYOUT, import_checkpoint
 from hw2.runs import runs_table
 from hw2.runtime import resolve_device, resolve_dtype
 from hw2.train import train
-
-
-def format_default(value):
-    """A default as it is typed on the command line: `91 136` for a list, `''` for the empty string."""
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return repr(value) if value == "" else str(value)
-
-
-def flag_words(name, value):
-    """How the command line names a parameter in a message: `--on_nan skip`, `--resume`, `--no-tta`."""
-    if value is NO_VALUE or value is True:
-        return f"--{name}"
-    if value is False:
-        return f"--no-{name}"
-    return f"--{name} {format_default(value)}"
-
-
-class Lines(Reporter):
-    """Shows what training and testing report as the assignment's lines on stdout (`Epoch 36 Loss 0.2091
-    Duration 48.022 seconds.`, `Test accuracy: 0.8612`) and each epoch's steps as a text progress bar."""
-
-    def __init__(self):
-        self.bar, self.epochs = None, None
-
-    def show(self, text):
-        print(text, flush=True)
-
-    def progress_bar(self, **kwargs):
-        """A tqdm bar on stderr, which the lines on stdout leave alone when stdout goes to a file."""
-        return tqdm(**kwargs)
-
-    def continuing(self, modeldir):
-        self.show(in_words(f"{modeldir} holds a run of these same parameters: continuing it, as "
-                           f"{field('resume', True)} would (a new {field('modeldir')} trains another)."))
-
-    def resumed(self, path, epoch, step):
-        self.show(f"Resuming from {path} (epoch {epoch}, step {step})")
-
-    def started(self, config, model, device, dtype):
-        self.epochs = config.epochs
-        self.show(f"ResNet-{model.depth} (version {config.resnet_version}, {count_parameters(model):,} parameters) "
-                  f"on {device} in {str(dtype).removeprefix('torch.')}")
-
-    def nothing_to_train(self, modeldir, epochs):
-        self.show(f"{modeldir} has finished all {epochs} epochs; nothing to train.")
-
-    def warning(self, message):
-        self.show(f"warning: {in_words(message)}")
-
-    def steps_begin(self, epoch, first_step, steps):
-        self.bar = self.progress_bar(total=steps, initial=first_step, desc=f"Epoch {epoch + 1}/{self.epochs}",
-                                     leave=False)
-
-    def step(self):
-        self.bar.update()
-
-    def steps_end(self):
-        self.bar.close()
-
-    def stopping(self, signal_name):
-        self.show(f"\n{signal_name}: stopping after this step (again to stop at once)")
-
-    def epoch_finished(self, row, metrics):
-        self.show(epoch_line(row))
-
-    def finished(self, metrics, modeldir):
-        self.show(summary(metrics, modeldir))
-
-    def testing(self, path, tta):
-        self.show(f"Restored model parameters from {path}")
-        if tta:
-            self.show("With flip test-time augmentation (tta): each image's logits averaged with its mirror image's")
-
-    def tested(self, path, result):
-        self.show(f"Test accuracy: {result['accuracy']:.4f}")
-
-
-def epoch_line(row):
-    """The assignment's line, `Epoch 36 Loss 0.2091 Duration 48.022 seconds.`, with the validation accuracy."""
-    line = f"Epoch {row['epoch']} Loss {row['train_loss']:.4f} Duration {row['seconds']:.3f} seconds."
-    if not math.isnan(row["valid_acc"]):
-        line += f" Validation accuracy {row['valid_acc']:.4f}"
-    return line
-
-
-def summary(metrics, modeldir):
-    """One line on a finished run: epochs, time, best and last validation accuracy, where the checkpoints are."""
-    seconds = sum(row["seconds"] for row in metrics)
-    took = f"{seconds:.1f} seconds" if seconds < 60 else f"{seconds / 60:.1f} minutes"
-    text = f"Trained {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {took}"
-    valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
-    if valid:
-        best = max(valid, key=lambda row: row["valid_acc"])
-        text += (f"; validation accuracy best {best['valid_acc']:.4f} (epoch {best['epoch']}), "
-                 f"last {valid[-1]['valid_acc']:.4f}")
-    newest = list_checkpoints(modeldir)[-1:]
-    return text + f". Checkpoints in {modeldir}" + (f" (newest {newest[0].name})." if newest else ".")
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -140,11 +38,14 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return f"{action.help} (default: {format_default(action.default)})"
 
 
-def add_flag(parser, name, **overrides):
-    """--name for the Config field `name`: typed from its default, explained by its help."""
+def add_flag(parser, name, given_only=False, **overrides):
+    """--name for the Config field `name`: typed from its default, explained by its help. given_only: the parsed
+    arguments hold it only when it is given (a recipe supplies the others), the help still naming its default."""
     field = Config.__dataclass_fields__[name]
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     flag = dict(default=default, help=help_text(name))
+    if given_only:
+        flag.update(default=argparse.SUPPRESS, help=f"{help_text(name)} (default: {format_default(default)})")
     if isinstance(default, bool):
         flag.update(action=argparse.BooleanOptionalAction)
     elif isinstance(default, list):
@@ -155,7 +56,6 @@ def add_flag(parser, name, **overrides):
 
 
 def build_parser():
-    """-> (the parser, its train subparser, whose defaults a --recipe changes)."""
     parser = argparse.ArgumentParser(prog="python -m hw2", description="ResNet v1/v2 on CIFAR-10 (He et al.)",
                                      allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,7 +70,7 @@ def build_parser():
     trainer.add_argument("--recipe", choices=RECIPES, default="he",
                          help=f"start from a recipe ({recipes}); the flags given still override it")
     for f in dataclasses.fields(Config):
-        add_flag(trainer, f.name)
+        add_flag(trainer, f.name, given_only=True)
 
     tester = command("test", help="test accuracy of checkpoints in --modeldir (the network as each was trained)")
     tester.add_argument("--checkpoint", "--checkpoints", dest="checkpoints", type=int, nargs="+", metavar="EPOCH",
@@ -193,7 +93,7 @@ def build_parser():
     runs = command("runs", help="compare runs: one row per modeldir (or folder of reports/) with its network, "
                                 "recipe, epochs, validation and test accuracy, time and device")
     runs.add_argument("modeldirs", nargs="+", metavar="DIR", help="the runs' modeldirs")
-    return parser, trainer
+    return parser
 
 
 def test(args):
@@ -209,7 +109,8 @@ def test(args):
     download(config.data_dir, need=[TEST_BATCH])
     x_test, y_test = load_test_data(config.data_dir)
     architecture = {name: given[name] for name in ARCHITECTURE if name in given}
-    results = evaluate_checkpoints(paths, x_test, y_test, device, config.dtype, args.tta, architecture, Lines())
+    results = evaluate_checkpoints(paths, x_test, y_test, device, config.dtype, args.tta, architecture,
+                                   Lines(flag_words))
     for path, result in zip(paths, results):
         print(f"Per-class test accuracy of {path.name}:")
         for name, accuracy in zip(CLASSES, result["per_class_accuracy"].tolist()):
@@ -229,22 +130,15 @@ def import_published(args):
 
 
 def main(argv=None):
-    parser, trainer = build_parser()
-    args = parser.parse_args(argv)
-    with use_words(flag_words):
-        return run_command(parser, trainer, args, argv)
-
-
-def run_command(parser, trainer, args, argv):
-    """Run the parsed command -> the exit status: 0, 2 for an expected failure (its one line on stderr), or
-    128 + the signal that stopped a training run."""
+    """Run a command -> the exit status: 0, 2 for an expected failure (its one line on stderr), or 128 + the
+    signal that stopped a training run."""
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "download":
             print(f"CIFAR-10 is in {download(args.data_dir)}")
         elif args.command == "train":
-            trainer.set_defaults(**RECIPES[args.recipe])
-            args = parser.parse_args(argv)  # again, so that explicit flags win over the recipe
-            train(Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}), Lines())
+            given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+            train(config_from(args.recipe, **given), Lines(flag_words))
         elif args.command == "import":
             import_published(args)
         elif args.command == "runs":
@@ -252,6 +146,7 @@ def run_command(parser, trainer, args, argv):
         else:
             test(args)
     except Interrupted as e:
+        e.words = flag_words
         print(e, file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
@@ -259,6 +154,7 @@ def run_command(parser, trainer, args, argv):
         print(f"stopped at once{intact if args.command == 'train' else ''}", file=sys.stderr)
         return 130
     except Hw2Error as e:  # expected failures, each with what to do; anything else keeps its traceback
+        e.words = flag_words
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

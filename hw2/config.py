@@ -9,10 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from hw2.errors import ConfigError, field
-from hw2.models import SHORTCUTS
+from hw2.models import architecture_problems
+from hw2.runtime import parse_device
 
 NUM_CLASSES = 10  # CIFAR-10
 
@@ -75,13 +75,11 @@ class Config:
                                 "an AVX2 CPU (reports/README.md); where it cannot, training goes on uncompiled")
 
     def __post_init__(self):
-        positive = ["resnet_size", "first_num_filters", "batch_size", "epochs", "save_interval"]
+        positive = ["first_num_filters", "batch_size", "epochs", "save_interval"]
         milestones = self.lr_milestones
         checks = [
-            ("resnet_version", self.resnet_version in (1, 2), "must be 1 or 2"),
-            ("shortcut", self.shortcut in SHORTCUTS, "must be 'projection' or 'identity'"),
-            ("shortcut", self.shortcut == "projection" or self.resnet_version == 1,
-             "must be 'projection' for resnet_version 2 (zero padding is version 1's option)"),
+            *[(name, False, rule) for name, rule, _ in architecture_problems(self.resnet_version, self.resnet_size,
+                                                                              self.shortcut)],
             *[(name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "must be an integer >= 1")
               for name in positive],
             ("num_classes", self.num_classes == NUM_CLASSES, f"must be {NUM_CLASSES}: CIFAR-10 has {NUM_CLASSES} classes"),
@@ -108,11 +106,8 @@ class Config:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{field(name)} {rule}, got {getattr(self, name)!r}")
-        try:
-            torch.device(self.device if self.device != "auto" else "cpu")
-        except RuntimeError:
-            raise ConfigError(f"{field('device')} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
-                              f"got {self.device!r}") from None
+        if self.device != "auto":
+            parse_device(self.device)
 
     @property
     def checkpoint_dir(self):
@@ -157,3 +152,11 @@ FIRST_TRY = {**SMALL_RUN, "epochs": 1, "train_subset": 500, "valid_size": 200, "
 FAST60_RECIPE = {**FAST_RECIPE, "epochs": 60, "valid_size": 5000}
 
 RECIPES = {"he": {}, "fast": FAST_RECIPE, "fast60": FAST60_RECIPE, "smoke": SMOKE_RECIPE}
+
+
+def config_from(recipe="he", **overrides):
+    """The Config of a recipe (RECIPES: its values over the defaults) with `overrides` over it: how the command line
+    (the flags given) and the notebooks (the parameters set) both make a run's Config."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"{field('recipe')} must be one of {', '.join(map(repr, RECIPES))}, got {recipe!r}")
+    return Config(**{**RECIPES[recipe], **overrides})

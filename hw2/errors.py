@@ -2,11 +2,12 @@
 Anything else (a shape bug, CUDA out of memory) is a bug or a resource problem and keeps its traceback.
 
 A message names the Config fields (or a front end's own parameters) it is about with `field(name, value)`, and
-the front end in charge words them (`use_words`): `--on_nan skip` on the command line, `on_nan = 'skip'` in a
-notebook, `on_nan='skip'` (a keyword argument) for a Python caller.
+each front end words them in its own `except` by setting the error's `words`: `--on_nan skip` on the command line
+(flag_words), `on_nan = 'skip'` in a notebook (hw2.notebook.parameter_words); a Python caller reads keyword
+arguments, `on_nan='skip'` (python_words, the default). Messages a reporter gets (hw2.events) are worded the same
+way, by in_words.
 """
 import ast
-import contextlib
 import re
 import signal
 
@@ -25,37 +26,36 @@ def python_words(name, value):
     return name if value is NO_VALUE else f"{name}={value!r}"
 
 
-_words = python_words
+def format_default(value):
+    """A value as it is typed on the command line: `91 136` for a list, `''` for the empty string."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return repr(value) if value == "" else str(value)
 
 
-def set_words(words):
-    """From now on messages name parameters as words(name, value) says (value NO_VALUE when the message names
-    no value): a front end's own terms. -> the words before."""
-    global _words
-    before, _words = _words, words
-    return before
+def flag_words(name, value):
+    """How a command line (python -m hw2, hw2.bench, the benchmarks' scripts) names a parameter: `--on_nan skip`,
+    `--resume`, `--no-tta`."""
+    if value is NO_VALUE or value is True:
+        return f"--{name}"
+    if value is False:
+        return f"--no-{name}"
+    return f"--{name} {format_default(value)}"
 
 
-@contextlib.contextmanager
-def use_words(words):
-    """set_words for the block only."""
-    before = set_words(words)
-    try:
-        yield
-    finally:
-        set_words(before)
-
-
-def in_words(text):
-    """`text` with each field() in it worded as the front end in charge says (use_words)."""
-    return _FIELD.sub(lambda m: _words(m[1], NO_VALUE if m[2] is None else ast.literal_eval(m[2])), text)
+def in_words(text, words=python_words):
+    """`text` with each field() in it worded as words(name, value) says (value NO_VALUE where it names none)."""
+    return _FIELD.sub(lambda m: words(m[1], NO_VALUE if m[2] is None else ast.literal_eval(m[2])), text)
 
 
 class Hw2Error(Exception):
-    """Base class of the failures a user can fix: bad input, missing data, a busy or damaged modeldir."""
+    """Base class of the failures a user can fix: bad input, missing data, a busy or damaged modeldir. `words` is
+    how its message names parameters (python_words unless a front end's except sets its own)."""
+
+    words = staticmethod(python_words)
 
     def __str__(self):
-        return in_words(super().__str__())
+        return in_words(super().__str__(), self.words)
 
     def _render_traceback_(self):
         """What IPython shows instead of a traceback: the one line, as on the command line."""
@@ -87,9 +87,11 @@ class TrainingDiverged(Hw2Error):
 
 
 class Interrupted(Hw2Error):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint (`path`; None on a process other than the main
+    one, which writes none)."""
 
     def __init__(self, signum, path):
         self.signum, self.path = signum, path
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. Run it again "
-                         f"with {field('resume', True)} to continue.")
+        written = f"checkpoint written to {path}" if path else "the main process wrote the checkpoint"
+        super().__init__(f"stopped by {signal.Signals(signum).name}; {written}. Run it again with "
+                         f"{field('resume', True)} to continue.")

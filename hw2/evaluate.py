@@ -8,11 +8,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hw2.augment import Loader
-from hw2.checkpoint import Checkpoint, check_architecture, checkpoint_path, list_checkpoints
+from hw2.checkpoint import check_architecture
 from hw2.errors import CheckpointError, field
 from hw2.events import Reporter
-from hw2.models import ResNet
-from hw2.runs import record_test
+from hw2.modeldir import checkpoint_path, list_checkpoints, read_checkpoint, record_test
+from hw2.models import build_network
 from hw2.runtime import autocast, resolve_device, resolve_dtype
 
 
@@ -98,9 +98,8 @@ def restore(path, device="auto"):
     """Rebuild the network a checkpoint was trained as and load its weights (their moving average, where the
     run kept one) -> (model, Checkpoint)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    checkpoint = Checkpoint.load(path)
-    c = checkpoint.config
-    model = ResNet(c["resnet_version"], c["resnet_size"], c["num_classes"], c["first_num_filters"], c["shortcut"])
+    checkpoint = read_checkpoint(path)
+    model = build_network(checkpoint.config)
     model.load_state_dict(checkpoint.average or checkpoint.model)  # a run's moving average is what it tests
     model.to(device, memory_format=torch.channels_last)
     return model, checkpoint

@@ -19,6 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 SHORTCUTS = ("projection", "identity")
+ARCHITECTURE = ("resnet_version", "resnet_size", "first_num_filters", "shortcut", "num_classes")  # a run's network
+
+
+def architecture_problems(resnet_version, resnet_size, shortcut):
+    """[(parameter, what is wrong, its value)] for these architecture values; empty when they make a network."""
+    rules = [("resnet_version", resnet_version, resnet_version in (1, 2), "must be 1 or 2"),
+             ("resnet_size", resnet_size, type(resnet_size) is int and resnet_size >= 1, "must be an integer >= 1"),
+             ("shortcut", shortcut, shortcut in SHORTCUTS, "must be 'projection' or 'identity'"),
+             ("shortcut", shortcut, shortcut != "identity" or resnet_version == 1,
+              "must be 'projection' for resnet_version 2 (zero padding is version 1's option)")]
+    return [(name, rule, value) for name, value, ok, rule in rules if not ok]
 
 
 def conv3x3(in_channels, out_channels, stride=1):
@@ -132,12 +143,8 @@ class OutputLayer(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, resnet_version, resnet_size, num_classes=10, first_num_filters=16, shortcut="projection"):
         super().__init__()
-        if resnet_version not in (1, 2):
-            raise ValueError(f"resnet_version must be 1 or 2, got {resnet_version!r}")
-        if resnet_size < 1:
-            raise ValueError(f"resnet_size must be >= 1, got {resnet_size!r}")
-        if shortcut not in SHORTCUTS or (shortcut == "identity" and resnet_version != 1):
-            raise ValueError(f"shortcut must be 'projection', or 'identity' for version 1, got {shortcut!r}")
+        for name, rule, value in architecture_problems(resnet_version, resnet_size, shortcut):
+            raise ValueError(f"{name} {rule}, got {value!r}")
         self.resnet_version, self.resnet_size = resnet_version, resnet_size
         block = StandardBlock if resnet_version == 1 else BottleneckBlock
         options = {"shortcut": shortcut} if resnet_version == 1 else {}
@@ -168,6 +175,14 @@ class ResNet(nn.Module):
         for stack in self.stack_layers:
             x = stack(x)
         return self.output_layer(x)
+
+
+def build_network(config):
+    """The ResNet a run's config describes: a Config, or the dict of one that a checkpoint or config.json holds
+    (those written before `shortcut` existed had projection shortcuts)."""
+    values = config if isinstance(config, dict) else vars(config)
+    return ResNet(values["resnet_version"], values["resnet_size"], values["num_classes"], values["first_num_filters"],
+                  values.get("shortcut", "projection"))
 
 
 def count_parameters(model):

@@ -1,8 +1,8 @@
 """The notebook front end: a notebook's parameters cell turned into a Config (papermill's injected names
 checked), its relative paths taken from the checkout whichever folder the kernel started in, where it saves
 figures, what training and testing report shown as lines, a progress bar and live training curves
-(NotebookReport), and error messages that name parameters as the parameters cell sets them. The figures and
-tables themselves are hw2.report's.
+(NotebookReport), and hw2's errors shown as one line that names parameters as the parameters cell sets them. The
+figures and tables themselves are hw2.report's.
 """
 import ast
 import dataclasses
@@ -12,10 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hw2 import errors
-from hw2.cli import Lines
 from hw2.config import Config, help_text
-from hw2.errors import NO_VALUE, ConfigError
+from hw2.errors import NO_VALUE, ConfigError, Hw2Error
+from hw2.events import Lines
 from hw2.report import training_curves
 
 FIELDS = [f.name for f in dataclasses.fields(Config)]
@@ -64,6 +63,13 @@ def _kernel():
     return getattr(ipython.get_ipython(), "kernel", None) if ipython else None
 
 
+def _show_in_parameter_words(shell, etype, value, tb, tb_offset=None):
+    """IPython's handler of an Hw2Error raised by a cell: the notebook's except, which words the error's
+    parameters as the parameters cell sets them before IPython shows its one line (Hw2Error._render_traceback_)."""
+    value.words = parameter_words
+    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
 def cell_config(namespace, names=FIELDS):
     """Config from the variables a notebook's parameters cell sets: `names`, each of which must be in
     `namespace`, so that a rerun starts from what the cell says."""
@@ -79,8 +85,9 @@ def notebook_config(namespace, names=FIELDS, others=()):
     not Config fields; any other name that papermill injected (`-p resnet_sise 5`) is a ConfigError, where
     it would otherwise be ignored. In a kernel, from then on hw2's messages name parameters as the parameters
     cell does (parameter_words)."""
-    if _kernel() is not None:
-        errors.set_words(parameter_words)
+    kernel = _kernel()
+    if kernel is not None:
+        kernel.shell.set_custom_exc((Hw2Error,), _show_in_parameter_words)
     unknown = sorted(injected_names(namespace.get("In", [])) - {*names, *others})
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not a parameter of this notebook; "
@@ -109,7 +116,7 @@ class NotebookReport(Lines):
     after each epoch (live in JupyterLab; a saved notebook keeps the last drawing, `figure`)."""
 
     def __init__(self, title=None):
-        super().__init__()
+        super().__init__(parameter_words)
         self.title, self.shown, self.figure = title, None, None
 
     def progress_bar(self, **kwargs):

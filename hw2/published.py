@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from hw2.checkpoint import Checkpoint, ModeldirLock, checkpoint_path, list_checkpoints
+from hw2.checkpoint import Checkpoint
 from hw2.config import Config
 from hw2.errors import CheckpointError, ModeldirError, field
+from hw2.modeldir import ModeldirLock, checkpoint_path, list_checkpoints
 from hw2.models import ResNet
 
 LAYOUT = "akamaster/pytorch_resnet_cifar10"

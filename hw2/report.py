@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from hw2.augment import PAD, SIZE, pad_crop_flip
 from hw2.data import CLASSES
 from hw2.models import SHORTCUTS, ResNet, count_parameters
-from hw2.runs import METRICS, format_table
+from hw2.modeldir import METRICS
+from hw2.runs import format_table
 
 # The CIFAR-10 networks He et al. report, by (resnet_version, resnet_size): name and published parameter
 # count ("Deep Residual Learning", Table 6; "Identity Mappings", Table 3).

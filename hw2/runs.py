@@ -1,144 +1,18 @@
-"""What a modeldir keeps about its run besides the checkpoints, and the table that compares runs
-(`python -m hw2 runs DIR ...`, notebooks/05_compare.ipynb).
-
-    config.json   the run's Config, device and dtype as they resolved (what ran); `Config(**json)` loads it
-    log.txt       what the run printed, each session appended (a progress bar as it last stood)
-    metrics.csv   one row per epoch, the METRICS columns (write_metrics)
-    test.csv      checkpoint,tta,accuracy: each test of a checkpoint on the 10,000 test images, the latest kept
-
-A folder of reports/ holds the same files, without the checkpoints, or a recipe's seeds: results.json
-(seed_results) beside each seed's run in a folder NAME_seed{N}/ (benchmarks/seed_results.py).
+"""The table that compares runs (`python -m hw2 runs DIR ...`, notebooks/05_compare.ipynb), and one recipe's results
+over several seeds: what reports/NAME/results.json holds (seed_results), beside each seed's run in a folder
+NAME_seed{N}/ (benchmarks/seed_results.py). A run is a modeldir, or a folder of reports/ that holds its files
+without the checkpoints (hw2.modeldir lists them).
 """
-import contextlib
-import csv
-import io
-import json
 import math
-import os
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-from hw2.checkpoint import NAME, latest_checkpoint, list_checkpoints
 from hw2.errors import Hw2Error, field
-from hw2.models import ResNet, count_parameters
-
-CONFIG, LOG, METRICS_FILE, TESTS = "config.json", "log.txt", "metrics.csv", "test.csv"
-METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]  # of train()'s rows
-
-
-def _replace(path, text):
-    """Write `text` to path as it is (no newline translation) through a temporary file, so that a reader never
-    sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, newline="")
-    os.replace(tmp, path)
-
-
-def _csv(header, rows, lineterminator):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, header, lineterminator=lineterminator)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
-
-
-def write_metrics(modeldir, rows):
-    """modeldir/metrics.csv, rewritten whole after each epoch: it always holds exactly the epochs of the run so
-    far, also after a resume from an older checkpoint. (Lines end in CRLF, the csv module's default.)"""
-    _replace(Path(modeldir) / METRICS_FILE, _csv(METRICS, rows, "\r\n"))
-
-
-def write_config(modeldir, fields):
-    _replace(Path(modeldir) / CONFIG, json.dumps(fields, indent=1) + "\n")
-
-
-def read_config(folder):
-    """The run's config as a dict: config.json, or for a run older than config.json its newest checkpoint's."""
-    path = Path(folder) / CONFIG
-    if path.exists():
-        return json.loads(path.read_text())
-    _, checkpoint = latest_checkpoint(folder)
-    if checkpoint is None:
-        raise Hw2Error(f"{folder} is not a run: it has no {CONFIG} and no checkpoint")
-    return checkpoint.config
-
-
-def read_metrics(path):
-    """metrics.csv -> metric rows as train() returns them: one {column: float} per epoch."""
-    with open(path, newline="") as f:
-        return [{name: float(value) for name, value in row.items()} for row in csv.DictReader(f)]
-
-
-def record_test(path, tta, accuracy):
-    """Keep a checkpoint's test accuracy in its modeldir's test.csv (replacing an earlier test of it with the
-    same tta). A modeldir that cannot be written is left as it is: testing does not need it."""
-    tests = Path(path).parent / TESTS
-    rows = [row for row in read_tests(tests.parent) if (row["checkpoint"], row["tta"]) != (Path(path).name, str(tta))]
-    rows.append({"checkpoint": Path(path).name, "tta": str(tta), "accuracy": f"{accuracy:.4f}"})
-    with contextlib.suppress(OSError):
-        _replace(tests, _csv(["checkpoint", "tta", "accuracy"], rows, "\n"))
-
-
-def read_tests(folder):
-    path = Path(folder) / TESTS
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-class _Tee:
-    """A text stream that writes to `stream` and keeps each finished line in `log` as it last stood: text
-    after a carriage return replaces the line's earlier text, and a line left blank by a progress bar that
-    cleared itself is dropped. Anything else (encoding, isatty, ...) is the stream's."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log, self.line = stream, log, ""
-
-    def write(self, text):
-        self.stream.write(text)
-        *finished, self.line = (self.line + text).split("\n")
-        for line in finished:
-            self._keep(line)
-        self.line = self.line.rpartition("\r")[2]  # a progress bar redraws its line over and over
-        return len(text)
-
-    def _keep(self, line):
-        line = line.rpartition("\r")[2]
-        if line == "" or line.strip():
-            self.log.write(line + "\n")
-
-    def close_line(self):
-        if self.line.strip():
-            self._keep(self.line)
-
-    def flush(self):
-        self.stream.flush()
-        self.log.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def log_output(modeldir, heading):
-    """Keep what is printed (stdout and stderr) inside the block in modeldir/log.txt, after `heading`; an
-    exception that ends the block is kept as its one line."""
-    with open(Path(modeldir) / LOG, "a", encoding="utf-8") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {heading}\n")
-        out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                yield
-        except BaseException as e:
-            out.close_line()
-            err.close_line()
-            log.write(f"{type(e).__name__}: {e}\n")
-            raise
+from hw2.modeldir import (CONFIG, METRICS_FILE, NAME, NOT_THE_RUN, is_run, read_config, read_metrics, read_resolved,
+                          read_tests)
+from hw2.models import build_network, count_parameters
 
 
 # --- the table of runs --------------------------------------------------------------------------------
@@ -156,8 +30,7 @@ def format_table(header, rows, left=1):
 def network(config):
     """('ResNet-20 v1', parameter count) of a run's config; the network is built on the meta device (no memory)."""
     with torch.device("meta"):
-        model = ResNet(config["resnet_version"], config["resnet_size"], config["num_classes"],
-                       config["first_num_filters"], config.get("shortcut", "projection"))
+        model = build_network(config)
     return f"ResNet-{model.depth} v{config['resnet_version']}", count_parameters(model)
 
 
@@ -209,13 +82,10 @@ def run_row(folder):
     test = " / ".join(f"{100 * float(row['accuracy']):.2f}%" + (" tta" if row["tta"] == "True" else "")
                       for row in sorted(tests, key=lambda row: row["tta"]) if row["checkpoint"] == newest)
     name, parameters = network(config)
+    resolved = read_resolved(folder)
     return [Path(folder).name, name, recipe(config), f"{parameters:,}", f"{len(metrics)}/{config['epochs']}",
             _percent(max(valid, default=None)), _percent(valid[-1] if valid else None), test or "-",
-            _duration(sum(row["seconds"] for row in metrics)), f"{config['device']} {config['dtype']}"]
-
-
-def is_run(folder):
-    return (Path(folder) / CONFIG).exists() or bool(list_checkpoints(folder))
+            _duration(sum(row["seconds"] for row in metrics)), f"{resolved['device']} {resolved['dtype']}"]
 
 
 def runs_table(folders):
@@ -277,11 +147,12 @@ def seed_results(folders, recipe_name, processor):
         values = results[name]
         results[f"{name}_mean"] = round(statistics.fmean(values), 5)
         results[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else None
+    resolved = read_resolved(folders[0])
     results.update(valid_tta=fields["tta"], description=recipe(fields), **processor,
-                   dtype=configs[0]["dtype"], device=configs[0]["device"], config=fields)
+                   dtype=resolved["dtype"], device=resolved["device"], config=fields)
     return results
 
 
 def _recipe_fields(config):
-    """A run's config less what does not change what is trained (where it is kept, how often, which seed)."""
-    return {k: v for k, v in config.items() if k not in ("seed", "modeldir", "resume", "save_interval", "data_dir")}
+    """A run's config less its seed and what does not change what it learns (NOT_THE_RUN)."""
+    return {k: v for k, v in config.items() if k not in (*NOT_THE_RUN, "seed")}

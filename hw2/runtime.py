@@ -26,6 +26,15 @@ def stop_signals():
     return (signal.SIGINT, signal.SIGBREAK) if WINDOWS else (signal.SIGINT, signal.SIGTERM)
 
 
+def parse_device(device):
+    """A device's name -> torch.device, or a ConfigError that lists the names hw2 takes."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{field('device')} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") \
+            from None
+
+
 def resolve_device(device):
     """"auto" -> "cuda" when torch sees a CUDA GPU, else "mps" when it sees an Apple GPU, else "cpu" (with a
     warning when the system has an NVIDIA GPU that this torch cannot use)."""
@@ -40,7 +49,7 @@ def resolve_device(device):
                           "training runs on the CPU. README.md, 'Set up', says how to install a CUDA build.",
                           stacklevel=2)
         return torch.device("cpu")
-    device = torch.device(device)
+    device = parse_device(device)
     instead = f"use {field('device', 'cpu')} or {field('device', 'auto')}"
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{field('device', str(device))} was asked for but torch sees no CUDA GPU; {instead}")

@@ -1,14 +1,14 @@
-"""Training: a pure learning-rate schedule, one SGD step, and `train(config)`, which writes
-modeldir/model-{epoch}.ckpt and modeldir/metrics.csv as it goes.
+"""Training: a pure learning-rate schedule, one SGD step, the state one run trains (TrainingState), and
+`train(config)`, whose loop (_train) writes modeldir/model-{epoch}.ckpt and modeldir/metrics.csv as it goes.
 
 Runs survive interruption: every checkpoint is written atomically, `resume` continues from the newest one
 exactly (batch order and augmentation are pure functions of seed, epoch and step), and SIGINT/SIGTERM stop
 after the current step with a checkpoint. The step never waits for the device: whether a loss was finite is
 decided on the device (the fused SGD kernel skips the update), and the host looks every CHECK_EVERY steps.
 
-Training prints nothing: what happens goes to a hw2.events.Reporter, which each front end renders.
+Training prints nothing: what happens goes to a hw2.events.Reporter, which each front end renders. What the
+modeldir holds and whether a run may continue the one in it is hw2.modeldir's.
 """
-import contextlib
 import copy
 import dataclasses
 import itertools
@@ -17,20 +17,21 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from hw2.augment import SIZE, Loader, channel_stats, channel_tensors
-from hw2.checkpoint import (ARCHITECTURE, NAME, Checkpoint, ModeldirLock, check_architecture, checkpoint_path,
-                            latest_checkpoint, list_checkpoints)
+from hw2.checkpoint import Checkpoint, check_architecture
 from hw2.data import download, load_data, train_valid_split
-from hw2.errors import ConfigError, Interrupted, ModeldirError, TrainingDiverged, field
+from hw2.errors import ConfigError, Interrupted, TrainingDiverged, field
 from hw2.evaluate import evaluate
 from hw2.events import Reporter
-from hw2.models import ResNet
-from hw2.runs import CONFIG, LOG, METRICS_FILE, log_output, write_config, write_metrics
+from hw2.modeldir import (claim, latest_checkpoint, list_checkpoints, log_output, save_checkpoint, write_config,
+                          write_metrics)
+from hw2.models import build_network
 from hw2.runtime import (autocast, fused_sgd_can_skip, grad_scaler, resolve_device, resolve_dtype, stop_signals,
                          sum_dtype, use_fastest_kernels)
 
@@ -190,76 +191,83 @@ class _StopRequests:
             signal.signal(s, handler)
 
 
-# Config fields that say where and how a run computes, not what it learns: a run continued under other values of
-# these is still the same run.
-NOT_THE_RUN = ("data_dir", "modeldir", "save_interval", "resume", "on_nan", "device", "dtype", "compile")
+class TrainingState:
+    """What one run trains, as one object: the network (`model`), SGD, float16's loss scaler, the weights' moving
+    average where ema_decay asks for one, the metrics rows so far, and the position in the data: `epoch` whole
+    epochs and `step` steps into the next, with that stopped epoch's running totals (`partial`). A Checkpoint
+    holds its state_dict(), beside the run's config and normalisation."""
+
+    def __init__(self, config, device, dtype):
+        torch.manual_seed(config.seed)  # initialisation; batches and augmentation draw from their own generators
+        self.model = build_network(config).to(device, memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, config.learning_rate, config.momentum, config.nesterov,
+                                        config.weight_decay)
+        self.scaler = grad_scaler(device, dtype)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        self.epoch, self.step, self.partial, self.metrics = 0, 0, None, []
+
+    @property
+    def evaluated(self):
+        """The network that validation, testing and the user get: the moving average where there is one."""
+        return self.average.model if self.average else self.model
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "average": self.average.model.state_dict() if self.average else {},
+                "epoch": self.epoch, "step": self.step, "partial": self.partial or EpochTotals.NONE,
+                "metrics": self.metrics}
+
+    def load_state_dict(self, state):
+        """Continue from `state` (a state_dict, or a Checkpoint's fields). An imported network has no optimizer
+        state: fine-tuning starts SGD afresh; a checkpoint without an average (another run's, an imported
+        network) starts the average from its weights."""
+        self.model.load_state_dict(state["model"])
+        if self.average:
+            self.average.model.load_state_dict(state["average"] or state["model"])
+        if state["optimizer"]:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.metrics = state["epoch"], state["step"], state["metrics"]
+        self.partial = state["partial"] if state["step"] else None
 
 
-def run_differences(saved, config):
-    """{field: (saved value, config's value)} where a checkpoint's config (a dict) and `config` describe
-    different runs; a field the saved config lacks (older runs) counts as its default."""
-    saved = {**dataclasses.asdict(type(config)()), **saved}
-    return {name: (saved[name], value) for name, value in dataclasses.asdict(config).items()
-            if name not in NOT_THE_RUN and saved[name] != value}
+class CompiledStep:
+    """train_step of `network`, torch.compile'd where `compile` asks. torch.compile compiles at the first call,
+    and where it cannot (no C++ compiler, as on many Windows machines; an operator it does not support) the run
+    goes on without it, with a warning: the failed call updated nothing (gradients are cleared first, the update
+    comes last)."""
+
+    def __init__(self, network, compile, report):
+        self.eager, self.report = network, report
+        self.network = torch.compile(network) if compile else network
+
+    def __call__(self, optimizer, *args):
+        if self.network is self.eager:
+            return train_step(self.network, optimizer, *args)
+        try:
+            return train_step(self.network, optimizer, *args)
+        except Exception as e:  # torch's compiler errors share no base class
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            self.report.warning(f"torch.compile failed ({type(e).__name__}: {reason}); training without it. Set "
+                                f"{field('compile', False)} to skip the attempt.")
+            self.network = self.eager
+            return train_step(self.network, optimizer, *args)
 
 
-def _may_continue(modeldir, config, continue_same_run):
-    """Whether this run continues the one in modeldir: when config.resume, or with continue_same_run when the
-    newest checkpoint is of the same parameters. Checkpoints it may not continue are a ModeldirError that names
-    the parameters that differ and both ways out."""
-    existing = list_checkpoints(modeldir)
-    if not existing:
-        return False  # nothing to continue: resume starts afresh
-    if config.resume:
-        return True
-    _, checkpoint = latest_checkpoint(modeldir)
-    differences = run_differences(checkpoint.config, config) if checkpoint else {}
-    if continue_same_run and checkpoint and not differences:
-        return True
-    what = "checkpoints of a run with these parameters"
-    if differences:
-        what = "checkpoints of a run with other parameters (" + "; ".join(
-            f"{name} {old!r} there, {new!r} here" for name, (old, new) in differences.items()) + ")"
-    same_network = not set(differences) & set(ARCHITECTURE)
-    resume = field("resume", True)
-    if continue_same_run:  # a notebook's rerun, which continues a run of the same parameters by itself
-        ways = ("Set those back to see or continue that run" + (f", set {resume} to continue it with these"
-                                                               if same_network else "")
-                + f", or choose a new {field('modeldir')} to start another")
-    elif same_network:
-        ways = f"Pass {resume} to continue that run" + (" with these values" if differences else "")
-        ways += f"; to start another, choose a new {field('modeldir')}"
-    else:
-        ways = f"To continue that run, pass the values it has and {resume}; to start another, choose a new " \
-               f"{field('modeldir')}"
-    raise ModeldirError(f"{modeldir} holds {what}; newest {existing[-1].name}. {ways}. Nothing was overwritten.")
-
-
-@contextlib.contextmanager
-def _own_modeldir(config, continue_same_run=False):
-    """The run's modeldir, locked against a second run -> whether to resume (_may_continue). Refused before
-    any work if it cannot be written or holds checkpoints this run may not continue; removed again if this run
-    created it and fails before its first checkpoint, so that a failed start leaves nothing behind."""
-    modeldir = config.checkpoint_dir
-    created = not modeldir.exists()
-    try:
-        modeldir.mkdir(parents=True, exist_ok=True)
-        probe = modeldir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ModeldirError(f"modeldir {modeldir} is not writable ({e.strerror}); choose another "
-                            f"{field('modeldir')}") from None
-    try:
-        with ModeldirLock(modeldir):
-            yield _may_continue(modeldir, config, continue_same_run)
-    except BaseException:
-        if created and not list_checkpoints(modeldir):
-            for name in (METRICS_FILE, CONFIG, LOG):
-                (modeldir / name).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                modeldir.rmdir()
-        raise
+def check_finite(totals, epoch, on_nan, modeldir):
+    """The number of this epoch's steps skipped for a non-finite loss so far (reading it waits for the device);
+    with on_nan 'stop' any is a TrainingDiverged that names the last good checkpoint."""
+    skipped = int(totals.skipped)
+    if skipped and on_nan == "stop":
+        last = list_checkpoints(modeldir)
+        raise TrainingDiverged(
+            f"the loss was not finite at epoch {epoch + 1}, step {int(totals.first_skipped) + 1}: training "
+            f"stopped (that step was not taken). The last good checkpoint is "
+            f"{last[-1] if last else 'none (none was written yet)'}. Lower {field('learning_rate')}, or pass "
+            f"{field('on_nan', 'skip')} to skip such batches.")
+    return skipped
 
 
 def _start_processes(device):
@@ -277,214 +285,149 @@ def _start_processes(device):
     return dist.get_rank(), world, device
 
 
-def train(config, report=None, continue_same_run=False):
+def train(config, report=None, continue_same_run=False, base_dir="."):
     """Train a ResNet as `config` says -> (model, metrics rows); the model is the weights' moving average where
-    config.ema_decay asks for one. What happens is reported to `report` (a
-    hw2.events.Reporter; None: nothing is shown) on the main process; what the front end prints meanwhile is
-    kept in modeldir/log.txt, the config in modeldir/config.json (hw2.runs).
+    config.ema_decay asks for one. What happens is reported to `report` (a hw2.events.Reporter; None: nothing is
+    shown) on the main process; what the front end prints meanwhile is kept in modeldir/log.txt, the config as
+    given in modeldir/config.json and what was decided for it (device, dtype, resumed or not, the paths) in
+    modeldir/resolved.json (hw2.modeldir).
 
+    base_dir: the folder that relative data_dir and modeldir start from (a notebook's: its project).
     continue_same_run (the notebooks, whose Run All must be safe to repeat; one process): a modeldir that holds
     a run of the same parameters is continued as resume would, and a finished one returned at once."""
     report = report or Reporter()
     device = resolve_device(config.device)  # first: the device decides the process group's backend
     rank, world, device = _start_processes(device)
+    modeldir, data_dir = Path(base_dir) / config.checkpoint_dir, Path(base_dir) / config.data_dir
     try:
         if config.batch_size % world:
             raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {world} processes")
-        if rank > 0:
-            return Run(config, rank, world, device, Reporter()).train()  # the main process reports
-        with _own_modeldir(config, continue_same_run) as resume, log_output(config.checkpoint_dir, "train"):
+        if rank > 0:  # the main process decides, writes the files and reports
+            return _train(config, modeldir, data_dir, config.resume, (rank, world, device), Reporter())
+        with claim(modeldir, config, continue_same_run) as resume, log_output(modeldir, "train"):
             if resume and not config.resume:
-                report.continuing(config.checkpoint_dir)
-            return Run(dataclasses.replace(config, resume=resume), rank, world, device, report).train()
+                report.continuing(modeldir)
+            return _train(config, modeldir, data_dir, resume, (rank, world, device), report)
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-class Run:
-    """One training run on one process: its config, device and dtype, the training Loader and validation
-    images, the model, optimizer and loss scaler, the network the steps run, and the metrics rows so far. Only
-    the main process (rank 0) writes files and validates; the others get a Reporter that shows nothing."""
-
-    def __init__(self, config, rank, world, device, report):
-        self.config, self.world, self.device, self.report = config, world, device, report
-        self.main, self.modeldir = rank == 0, config.checkpoint_dir
-        self.dtype = resolve_dtype(config.dtype, device)
-        torch.manual_seed(config.seed)  # initialisation; batches and augmentation draw from their own generators
-        use_fastest_kernels(device)
-        self.loader, (self.x_valid, self.y_valid) = _load_data(config, rank, world, device)
-        self.model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters,
-                            config.shortcut)
-        self.model.to(device, memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, config.learning_rate, config.momentum, config.nesterov,
-                                        config.weight_decay)
-        self.scaler = grad_scaler(device, self.dtype)
-        # `model` is the network itself (checkpointed, evaluated); `network` is what the steps run: the same
-        # model, wrapped for data parallelism and compiled where asked (`eager`: the same, not compiled)
-        self.network = self.eager = self.model
-        if world > 1:
-            self.network = self.eager = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None)
-        if config.compile:
-            self.network = torch.compile(self.eager)
-        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
-        self.metrics = []
-
-    def train(self):
-        """Train the epochs not yet done -> (the network: its moving average where ema_decay asks for one,
-        metrics rows)."""
-        epoch, step, partial = self.resume() if self.config.resume else (0, 0, None)
-        if self.main:
-            self.start(epoch)
-        with _StopRequests(self.report) as stop:
-            for epoch in range(epoch, self.config.epochs):
-                self.run_epoch(epoch, step, EpochTotals(self.device, partial), stop)
-                step, partial = 0, None
-        if self.main:
-            self.report.finished(self.metrics, self.modeldir)
-        return self.evaluated(), self.metrics
-
-    def evaluated(self):
-        """The network that validation, testing and the user get: the moving average where there is one."""
-        return self.average.model if self.average else self.model
-
-    def start(self, epoch):
-        """Write config.json and metrics.csv as they stand (dropping rows newer than a resumed checkpoint), and
-        report the start."""
-        config, dtype_name = self.config, str(self.dtype).removeprefix("torch.")
-        write_config(self.modeldir, {**dataclasses.asdict(config), "device": str(self.device), "dtype": dtype_name})
-        write_metrics(self.modeldir, self.metrics)
-        self.report.started(config, self.model, self.device, self.dtype)
-        late = [m for m in config.lr_milestones if m >= config.epochs]
-        if late and config.lr_schedule == "step":
-            self.report.warning(f"lr_milestones {late} are not below epochs ({config.epochs}), so they never take "
-                                f"effect; set {field('lr_milestones')} to change that")
-        if epoch == config.epochs:
-            self.report.nothing_to_train(self.modeldir, config.epochs)
-
-    def run_epoch(self, epoch, start_step, totals, stop):
-        """Train epoch `epoch` (0-based) from step start_step, validate, write metrics.csv and any checkpoint due,
-        and report it; a stop request ends it with a mid-epoch checkpoint and Interrupted."""
-        stopped_at = self.run_steps(epoch, start_step, totals, stop)
-        if stopped_at is not None:
-            path = self.save(epoch, stopped_at, totals.partial()) if self.main else None
-            raise Interrupted(stop.signum or signal.SIGTERM, path)
-        skipped = self.check_finite(totals, epoch)
-        train_loss, train_acc = totals.means(self.world)
-        row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-               "train_acc": train_acc, "valid_loss": float("nan"), "valid_acc": float("nan")}
-        if self.main and len(self.x_valid):
-            result = evaluate(self.evaluated(), self.x_valid, self.y_valid, (self.loader.mean, self.loader.std),
-                              device=self.device, dtype=self.dtype, tta=self.config.tta)
-            row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
-        row["seconds"] = totals.seconds()
-        self.metrics.append(row)
-        if not self.main:
-            return
-        write_metrics(self.modeldir, self.metrics)
-        if skipped:
-            self.report.warning(f"skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite")
-        if (epoch + 1) % self.config.save_interval == 0 or epoch + 1 == self.config.epochs:
-            self.save(epoch + 1)
-        self.report.epoch_finished(row, self.metrics)
-
-    def run_steps(self, epoch, start_step, totals, stop):
-        """The steps of epoch `epoch` from start_step, each added to totals -> None when the epoch ran to its
-        end, or the number of steps done when a stop was requested."""
-        config, loader, report = self.config, self.loader, self.report
-        self.network.train()
-        report.steps_begin(epoch, start_step, len(loader))
-        try:
-            for step, images, labels in loader.batches(epoch, start_step, get_image_size(epoch, config)):
-                for group in self.optimizer.param_groups:
-                    group["lr"] = get_lr(epoch + step / len(loader), config)
-                loss, logits, finite = self.step(images, labels)
-                if self.average:
-                    self.average.update(epoch * len(loader) + step)
-                totals.add(step, loss, logits, labels, finite)
-                report.step()
-                if config.on_nan == "stop" and (step + 1) % CHECK_EVERY == 0:
-                    self.check_finite(totals, epoch)
-                if (self.world == 1 or (step + 1) % CHECK_EVERY == 0) and stop.requested(self.world, self.device):
-                    return step + 1
-        finally:
-            report.steps_end()
-        return None
-
-    def step(self, images, labels):
-        """train_step of the network. torch.compile compiles at the first call, and where it cannot (no C++
-        compiler, as on many Windows machines; an operator it does not support) the run goes on without it,
-        with a warning: the failed call updated nothing (gradients are cleared first, the update comes last)."""
-        args = (images, labels, self.device, self.dtype, self.config.label_smoothing, self.scaler)
-        if self.network is self.eager:
-            return train_step(self.network, self.optimizer, *args)
-        try:
-            return train_step(self.network, self.optimizer, *args)
-        except Exception as e:  # torch's compiler errors share no base class
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            self.report.warning(f"torch.compile failed ({type(e).__name__}: {reason}); training without it. Set "
-                                f"{field('compile', False)} to skip the attempt.")
-            self.network = self.eager
-            return train_step(self.network, self.optimizer, *args)
-
-    def check_finite(self, totals, epoch):
-        """The number of this epoch's steps skipped for a non-finite loss so far (reading it waits for the
-        device); with on_nan 'stop' any is an error."""
-        skipped = int(totals.skipped)
-        if skipped and self.config.on_nan == "stop":
-            last = list_checkpoints(self.modeldir)
-            raise TrainingDiverged(
-                f"the loss was not finite at epoch {epoch + 1}, step {int(totals.first_skipped) + 1}: training "
-                f"stopped (that step was not taken). The last good checkpoint is "
-                f"{last[-1] if last else 'none (none was written yet)'}. Lower {field('learning_rate')}, or pass "
-                f"{field('on_nan', 'skip')} to skip such batches.")
-        return skipped
-
-    def save(self, epoch, step=0, partial=None):
-        """model-{epoch}.ckpt after `epoch` whole epochs, or model-{epoch + 1}-step{step}.ckpt inside the next."""
-        path = checkpoint_path(self.modeldir, epoch + 1 if step else epoch, step)
-        Checkpoint(model=self.model.state_dict(), config=dataclasses.asdict(self.config),
-                   mean=self.loader.mean.flatten().tolist(), std=self.loader.std.flatten().tolist(),
-                   epoch=epoch, step=step, optimizer=self.optimizer.state_dict(),
-                   scaler=self.scaler.state_dict() if self.scaler else {}, metrics=self.metrics,
-                   partial=partial or EpochTotals.NONE,
-                   average=self.average.model.state_dict() if self.average else {}).save(path)
-        if not step:  # a whole-epoch checkpoint supersedes the mid-epoch ones of this and earlier epochs
-            for older in list_checkpoints(self.modeldir):
-                older_epoch, older_step = NAME.match(older.name).groups()
-                if older_step is not None and int(older_epoch) <= epoch:
-                    older.unlink()
-        return path
-
-    def resume(self):
-        """Load the newest readable checkpoint -> (epoch, step, partial totals); a fresh start when there is
-        none."""
-        path, checkpoint = latest_checkpoint(self.modeldir)
-        if checkpoint is None:
-            return 0, 0, None
-        check_architecture(checkpoint, self.config, path)
-        self.model.load_state_dict(checkpoint.model)
-        if self.average:  # a checkpoint without an average (another run's, an imported network) starts one
-            self.average.model.load_state_dict(checkpoint.average or checkpoint.model)
-        if checkpoint.optimizer:  # an imported network has none: fine-tuning starts SGD afresh, as the flags say
-            self.optimizer.load_state_dict(checkpoint.optimizer)
-        # the network goes on with the normalisation it was trained with (an imported one: its authors')
-        self.loader.mean, self.loader.std = channel_tensors(checkpoint.mean, checkpoint.std, self.loader.device)
-        if self.scaler is not None and checkpoint.scaler:
-            self.scaler.load_state_dict(checkpoint.scaler)
-        self.report.resumed(path, checkpoint.epoch, checkpoint.step)
-        self.metrics = checkpoint.metrics
-        return checkpoint.epoch, checkpoint.step, checkpoint.partial
+def _train(config, modeldir, data_dir, resume, process, report):
+    """The run on one process, (rank, world size, device), from its start or from the newest checkpoint in
+    modeldir when `resume`: the epochs, each trained (_run_steps), validated, written to metrics.csv and
+    checkpointed as save_interval says; a stop request ends it with a mid-epoch checkpoint and Interrupted. Only
+    the main process (rank 0) validates and writes files."""
+    rank, world, device = process
+    main, dtype = rank == 0, resolve_dtype(config.dtype, device)
+    use_fastest_kernels(device)
+    loader, (x_valid, y_valid) = _load_data(config, data_dir, rank, world, device)
+    state = TrainingState(config, device, dtype)
+    if resume:
+        _resume(state, loader, modeldir, config, report)
+    network = state.model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        state.model, device_ids=[device] if device.type == "cuda" else None)
+    step = CompiledStep(network, config.compile, report)
+    if main:
+        _start(config, modeldir, data_dir, state, (device, dtype, resume, world), report)
+    with _StopRequests(report) as stop:
+        for epoch in range(state.epoch, config.epochs):
+            totals = EpochTotals(device, state.partial)
+            stopped_at = _run_steps(step, state, loader, epoch, totals, stop, (config, modeldir, world, dtype), report)
+            if stopped_at is not None:
+                state.epoch, state.step, state.partial = epoch, stopped_at, totals.partial()
+                raise Interrupted(stop.signum or signal.SIGTERM, _save(modeldir, state, config, loader) if main else None)
+            skipped = check_finite(totals, epoch, config.on_nan, modeldir)
+            train_loss, train_acc = totals.means(world)
+            row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                   "train_acc": train_acc, "valid_loss": float("nan"), "valid_acc": float("nan")}
+            if main and len(x_valid):
+                result = evaluate(state.evaluated, x_valid, y_valid, (loader.mean, loader.std), device=device,
+                                  dtype=dtype, tta=config.tta)
+                row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
+            row["seconds"] = totals.seconds()
+            state.metrics.append(row)
+            state.epoch, state.step, state.partial = epoch + 1, 0, None
+            if main:
+                write_metrics(modeldir, state.metrics)
+                if skipped:
+                    report.warning(f"skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite")
+                if (epoch + 1) % config.save_interval == 0 or epoch + 1 == config.epochs:
+                    _save(modeldir, state, config, loader)
+                report.epoch_finished(row, state.metrics)
+    if main:
+        report.finished(state.metrics, modeldir)
+    return state.evaluated, state.metrics
 
 
-def _load_data(config, rank, world, device):
+def _run_steps(step, state, loader, epoch, totals, stop, run, report):
+    """The steps of epoch `epoch` from state.step, each added to totals -> None when the epoch ran to its end, or
+    the number of steps done when a stop was requested. `run` is (config, modeldir, world size, dtype)."""
+    config, modeldir, world, dtype = run
+    device = loader.device
+    step.network.train()
+    report.steps_begin(epoch, state.step, len(loader))
+    try:
+        for i, images, labels in loader.batches(epoch, state.step, get_image_size(epoch, config)):
+            for group in state.optimizer.param_groups:
+                group["lr"] = get_lr(epoch + i / len(loader), config)
+            loss, logits, finite = step(state.optimizer, images, labels, device, dtype, config.label_smoothing,
+                                        state.scaler)
+            if state.average:
+                state.average.update(epoch * len(loader) + i)
+            totals.add(i, loss, logits, labels, finite)
+            report.step()
+            if config.on_nan == "stop" and (i + 1) % CHECK_EVERY == 0:
+                check_finite(totals, epoch, config.on_nan, modeldir)
+            if (world == 1 or (i + 1) % CHECK_EVERY == 0) and stop.requested(world, device):
+                return i + 1
+    finally:
+        report.steps_end()
+    return None
+
+
+def _start(config, modeldir, data_dir, state, decided, report):
+    """Write config.json, resolved.json and metrics.csv as it stands (dropping rows newer than a resumed
+    checkpoint), and report the start. `decided` is (device, dtype, resume, world size)."""
+    device, dtype, resume, world = decided
+    resolved = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "resume": resume,
+                "modeldir": str(modeldir.resolve()), "data_dir": str(data_dir.resolve()), "processes": world}
+    write_config(modeldir, config, resolved)
+    write_metrics(modeldir, state.metrics)
+    report.started(config, state.model, device, dtype)
+    late = [m for m in config.lr_milestones if m >= config.epochs]
+    if late and config.lr_schedule == "step":
+        report.warning(f"lr_milestones {late} are not below epochs ({config.epochs}), so they never take "
+                       f"effect; set {field('lr_milestones')} to change that")
+    if state.epoch == config.epochs:
+        report.nothing_to_train(modeldir, config.epochs)
+
+
+def _save(modeldir, state, config, loader):
+    """The checkpoint of the state as it stands, with the config and the normalisation -> its path."""
+    return save_checkpoint(modeldir, Checkpoint(config=dataclasses.asdict(config), mean=loader.mean.flatten().tolist(),
+                                                std=loader.std.flatten().tolist(), **state.state_dict()))
+
+
+def _resume(state, loader, modeldir, config, report):
+    """Load the newest readable checkpoint in modeldir into the state; a fresh start when there is none. The
+    network goes on with the normalisation it was trained with (an imported one: its authors')."""
+    path, checkpoint = latest_checkpoint(modeldir)
+    if checkpoint is None:
+        return
+    check_architecture(checkpoint, config, path)
+    state.load_state_dict(dataclasses.asdict(checkpoint))
+    loader.mean, loader.std = channel_tensors(checkpoint.mean, checkpoint.std, loader.device)
+    report.resumed(path, checkpoint.epoch, checkpoint.step)
+
+
+def _load_data(config, data_dir, rank, world, device):
     """-> (the training Loader of this process, (x_valid, y_valid)), the split and any subset as config says."""
     if rank == 0:
-        download(config.data_dir)
+        download(data_dir)
     if world > 1:
         dist.barrier()  # the other processes read what rank 0 downloaded
-    x_train, y_train, _, _ = load_data(config.data_dir)
+    x_train, y_train, _, _ = load_data(data_dir)
     x_train, y_train, x_valid, y_valid = train_valid_split(x_train, y_train, config.valid_size, config.seed)
     if config.train_subset:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]

@@ -18,7 +18,7 @@ import torch
 from hw2.checkpoint import Checkpoint
 from hw2.config import SMALL_RUN, Config
 from hw2.data import BATCH_DIR, BATCHES, TEST_BATCH
-from hw2.models import ResNet
+from hw2.models import build_network
 
 REAL_DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -152,7 +152,7 @@ def untrained_checkpoint(path, **fields):
     """Write `path` as the checkpoint of an untrained (seeded) network of Config(**fields) -> the network."""
     config = Config(**fields)
     torch.manual_seed(0)
-    model = ResNet(config.resnet_version, config.resnet_size, config.num_classes, config.first_num_filters)
+    model = build_network(config)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Checkpoint(model.state_dict(), dataclasses.asdict(config), [120.0, 120.0, 110.0], [60.0, 60.0, 65.0]).save(path)
     return model

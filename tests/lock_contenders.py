@@ -8,8 +8,8 @@
 import os
 import sys
 
-from hw2.checkpoint import ModeldirLock
 from hw2.errors import ModeldirBusy
+from hw2.modeldir import ModeldirLock
 
 
 def fork(n, work):

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw2.checkpoint import Checkpoint, ModeldirLock, latest_checkpoint, list_checkpoints
-from hw2.cli import Lines
+from hw2.checkpoint import Checkpoint
+from hw2.events import Lines
 from hw2.errors import CheckpointError, ModeldirBusy, ModeldirError, TrainingDiverged
-from hw2.runs import read_metrics
 from hw2.train import _StopRequests, train
+from hw2.modeldir import ModeldirLock, latest_checkpoint, list_checkpoints, read_checkpoint, read_metrics
 from conftest import as_flags, small_config, small_settings
 
 EPOCHS = 5
@@ -170,7 +170,7 @@ def test_a_damaged_checkpoint_is_named_with_the_one_to_use_instead_and_resume_fa
     newest = modeldir / "model-2.ckpt"
     newest.write_bytes(newest.read_bytes()[:1000])
     with pytest.raises(CheckpointError) as e:
-        Checkpoint.load(newest)
+        read_checkpoint(newest)
     assert str(e.value).startswith(f"{newest} is damaged (truncated or overwritten) or not an hw2 checkpoint")
     assert str(e.value).endswith(f"; the newest readable checkpoint there is {modeldir / 'model-1.ckpt'}")
     with pytest.warns(UserWarning, match="model-2.ckpt"):
@@ -191,7 +191,7 @@ def test_a_file_that_is_not_an_hw2_checkpoint_says_so_and_never_suggests_unsafe_
     else:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=f"{path} is {reason}.*; {tmp_path} holds no other readable checkpoint") as e:
-        Checkpoint.load(path)
+        read_checkpoint(path)
     assert "weights_only" not in str(e.value)
 
 
@@ -232,7 +232,7 @@ def test_a_checkpoint_without_its_normalisation_is_refused_naming_what_it_lacks(
     path = tmp_path / "model-1.ckpt"
     torch.save({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 1}, path)
     with pytest.raises(CheckpointError, match=re.escape(f"{path} is not an hw2 checkpoint: it has no mean, std;")):
-        Checkpoint.load(path)
+        read_checkpoint(path)
 
 
 def test_a_checkpoint_of_another_architecture_names_the_mismatch(cifar_dir, tmp_path):
@@ -310,7 +310,7 @@ def test_runs_coming_and_going_never_hold_the_modeldir_together(tmp_path):
 def test_a_lock_held_by_a_process_killed_with_sigkill_is_released(tmp_path):
     """The system releases the lock of a process that dies without running any code of its own; the .lock file
     it leaves, naming it, is no obstacle."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from hw2.checkpoint import ModeldirLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from hw2.modeldir import ModeldirLock\n"
                                f"with ModeldirLock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -24,7 +24,7 @@ import hw2.augment
 import hw2.train
 from conftest import TEST_RUN
 from hw2.checkpoint import Checkpoint
-from hw2.cli import Lines
+from hw2.events import Lines
 from hw2.config import Config
 from hw2.errors import Interrupted
 from hw2.train import train
@@ -36,9 +36,9 @@ def worker(settings, out):
     rank = int(os.environ["RANK"])
     seen, augment = [], hw2.augment.augment_batch
 
-    def recording(images, generator):
+    def recording(images, generator, flip=None):
         seen.append(images.clone())
-        return augment(images, generator)
+        return augment(images, generator, flip)
 
     hw2.augment.augment_batch = recording
     if settings.pop("signal_rank_1", False):  # only rank 1 is signalled; the processes agree every 2 steps
@@ -79,7 +79,7 @@ def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tm
     # one process wrote checkpoints and metrics, the other nothing; rank 0's last checkpoint holds the
     # shared weights, which moved during the second epoch
     assert sorted(p.name for p in (tmp_path / "model0").iterdir()) == [
-        "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt"]
+        "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt", "resolved.json"]
     assert not (tmp_path / "model1").exists()
     first, last = (Checkpoint.load(tmp_path / "model0" / f"model-{e}.ckpt").model for e in (1, 2))
     assert all(torch.equal(last[name], params[0][name]) for name in params[0])

@@ -1,11 +1,13 @@
-"""Error messages name parameters with hw2.errors.field, and the front end in charge words them: keyword arguments
-for a Python caller, flags on the command line, assignments in a notebook."""
+"""Error messages name parameters with hw2.errors.field, and each front end words them in its own except, by
+setting the error's `words`: keyword arguments for a Python caller (the default), flags on the command line,
+assignments in a notebook. No state outside the error decides it."""
 import pytest
 import torch
 
 from hw2.config import Config
 from hw2.data import load_data
-from hw2.errors import NO_VALUE, ConfigError, DataError, Hw2Error, field, use_words
+from hw2 import cli
+from hw2.errors import NO_VALUE, ConfigError, DataError, Hw2Error, field, in_words
 from hw2.runtime import resolve_device
 
 
@@ -26,20 +28,22 @@ def test_a_message_reads_in_python_words_by_default():
     assert str(error()) == "no GPU here; use device='cpu', or point data_dir elsewhere"
 
 
+def worded(error, words):
+    error.words = words
+    return str(error)
+
+
 def test_the_front_end_in_charge_words_the_fields():
-    with use_words(flag_words):
-        assert str(error()) == "no GPU here; use --device cpu, or point --data_dir elsewhere"
-    with use_words(notebook_words):
-        assert str(error()) == "no GPU here; use device = 'cpu', or point data_dir = ... elsewhere"
+    assert worded(error(), flag_words) == "no GPU here; use --device cpu, or point --data_dir elsewhere"
+    assert worded(error(), notebook_words) == "no GPU here; use device = 'cpu', or point data_dir = ... elsewhere"
+    assert in_words(error().args[0], notebook_words) == worded(error(), notebook_words)  # a reporter's messages
 
 
-def test_use_words_restores_the_words_before_it_also_when_the_block_raises():
-    with use_words(notebook_words):
-        with pytest.raises(ZeroDivisionError):
-            with use_words(flag_words):
-                assert "--device cpu" in str(error())
-                1 / 0
-        assert "device = 'cpu'" in str(error())
+def test_wording_one_error_leaves_every_other_in_python_words(cifar_dir, capsys):
+    assert worded(error(), flag_words).startswith("no GPU here; use --device cpu")
+    assert str(error()) == "no GPU here; use device='cpu', or point data_dir elsewhere"
+    assert cli.main(["test", "--modeldir", "nowhere", "--data_dir", str(cifar_dir)]) == 2  # the CLI's except
+    assert "--modeldir" in capsys.readouterr().err
     assert str(error()) == "no GPU here; use device='cpu', or point data_dir elsewhere"
 
 
@@ -51,13 +55,11 @@ def test_the_librarys_errors_name_their_fields(tmp_path, monkeypatch):
         resolve_device("cuda")
     with pytest.raises(ConfigError) as bad:
         Config(epochs=0)
-    with use_words(flag_words):
-        assert str(missing.value).endswith("or point --data_dir at the folder holding cifar-10-batches-py/")
-        assert str(no_cuda.value) == ("--device cuda was asked for but torch sees no CUDA GPU; "
-                                      "use --device cpu or --device auto")
-        assert str(bad.value) == "--epochs must be an integer >= 1, got 0"
-    with use_words(notebook_words):
-        assert "or point data_dir = ... at the folder" in str(missing.value)
-        assert str(no_cuda.value) == ("device = 'cuda' was asked for but torch sees no CUDA GPU; "
-                                      "use device = 'cpu' or device = 'auto'")
-    assert "--" not in str(no_cuda.value) and "\x1f" not in str(missing.value)
+    assert "--" not in str(no_cuda.value) and "\x1f" not in str(missing.value)  # Python words until a front end's
+    assert worded(missing.value, flag_words).endswith("or point --data_dir at the folder holding cifar-10-batches-py/")
+    assert worded(no_cuda.value, flag_words) == ("--device cuda was asked for but torch sees no CUDA GPU; "
+                                                 "use --device cpu or --device auto")
+    assert worded(bad.value, flag_words) == "--epochs must be an integer >= 1, got 0"
+    assert "or point data_dir = ... at the folder" in worded(missing.value, notebook_words)
+    assert worded(no_cuda.value, notebook_words) == ("device = 'cuda' was asked for but torch sees no CUDA GPU; "
+                                                     "use device = 'cpu' or device = 'auto'")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hw2.cli import Lines
+from hw2.events import Lines
 from hw2.config import Config
 from hw2.errors import CheckpointError
 from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints, fold_batchnorm

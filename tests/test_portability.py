@@ -15,9 +15,10 @@ import torch
 
 import hw2.train
 from hw2 import runtime
-from hw2.checkpoint import Checkpoint, ModeldirLock, list_checkpoints
+from hw2.checkpoint import Checkpoint
 from hw2.models import ResNet
 from hw2.train import _StopRequests, make_optimizer, train_step
+from hw2.modeldir import ModeldirLock, list_checkpoints
 
 # Run first by `python -c`: Linux made to look like Windows to hw2. filelock's Windows lock (LockFileEx) cannot
 # run on Linux, so its flock lock stands in for it, imported before fcntl is hidden; SIGUSR1 stands in for

@@ -7,8 +7,7 @@ import torch
 
 from hw2 import report
 from hw2.models import ResNet, count_parameters
-from hw2.runs import read_metrics
-from hw2.runs import METRICS
+from hw2.modeldir import METRICS, read_metrics
 from conftest import metric_rows
 
 matplotlib.use("Agg")

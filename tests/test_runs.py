@@ -1,17 +1,19 @@
-"""What a modeldir keeps besides its checkpoints (config.json, log.txt, test.csv) and the table of runs."""
+"""What a modeldir keeps besides its checkpoints (config.json, resolved.json, log.txt, test.csv) and the table of
+runs."""
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from hw2.cli import Lines
+from hw2.events import Lines
 from hw2.config import FAST_RECIPE, Config
 from hw2.data import load_test_data
 from hw2.errors import Hw2Error
 from hw2.evaluate import evaluate_checkpoints
-from hw2.runs import log_output, read_tests, recipe, record_test, runs_table, seed_results, write_config, write_metrics
+from hw2.runs import recipe, runs_table, seed_results
 from hw2.train import train
+from hw2.modeldir import log_output, read_tests, record_test, write_config, write_metrics
 from conftest import small_config
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -22,9 +24,11 @@ def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys)
     train(config, Lines())  # as the command line prints
     printed = capsys.readouterr().out.splitlines()
     modeldir = config.checkpoint_dir
-    saved = json.loads((modeldir / "config.json").read_text())
-    assert saved["device"] == "cpu" and saved["dtype"] in ("float32", "bfloat16")
-    assert Config(**saved) == dataclasses.replace(config, dtype=saved["dtype"])  # readable, and a Config
+    assert Config(**json.loads((modeldir / "config.json").read_text())) == config  # the request, as given
+    resolved = json.loads((modeldir / "resolved.json").read_text())  # what was decided for it
+    assert resolved == {"device": "cpu", "dtype": resolved["dtype"], "resume": False, "processes": 1,
+                        "modeldir": str(modeldir.resolve()), "data_dir": str(cifar_dir.resolve())}
+    assert resolved["dtype"] in ("float32", "bfloat16")
     log = (modeldir / "log.txt").read_text().splitlines()
     assert log[0].startswith("--- ") and log[0].endswith(" train") and log[1:] == printed
     assert "\r" not in "".join(log) and sum(line.startswith("Epoch ") for line in log) == 2
@@ -33,6 +37,7 @@ def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys)
     log = (modeldir / "log.txt").read_text()
     assert log.count("\n--- ") == 1 and "Resuming from" in log and "Epoch 3 Loss" in log
     assert json.loads((modeldir / "config.json").read_text())["epochs"] == 3
+    assert json.loads((modeldir / "resolved.json").read_text())["resume"] is True
 
 
 def test_the_log_keeps_lines_as_they_last_stood_and_the_error_that_ended_the_run(tmp_path, capsys):
@@ -63,7 +68,7 @@ def test_testing_a_checkpoint_keeps_its_accuracy_for_the_table(cifar_dir, tmp_pa
     assert header.split()[:4] == ["run", "network", "recipe", "parameters"]
     assert row.startswith("model  ResNet-8 v1  lr 0.05, batch 20, wd 0.0001")  # small_config, no milestone left
     assert " 2/2 " in row and f"{100 * last['accuracy']:.2f}% / " in row and "% tta" in row
-    assert row.endswith(f"cpu {json.loads((config.checkpoint_dir / 'config.json').read_text())['dtype']}")
+    assert row.endswith(f"cpu {json.loads((config.checkpoint_dir / 'resolved.json').read_text())['dtype']}")
 
 
 def test_a_run_without_config_json_is_read_from_its_checkpoint(cifar_dir, tmp_path):
@@ -107,8 +112,8 @@ def _finished_run(folder, seed, valid, tests, epochs=2, **changes):
     """A modeldir as a finished run of `epochs` leaves it (without checkpoints): its config, metrics and the
     test accuracies {tta: accuracy} of its last checkpoint."""
     folder.mkdir()
-    config = dataclasses.asdict(Config(epochs=epochs, seed=seed, modeldir=str(folder), **changes))
-    write_config(folder, {**config, "device": "cpu", "dtype": "float32"})
+    write_config(folder, Config(epochs=epochs, seed=seed, modeldir=str(folder), **changes),
+                 {"device": "cpu", "dtype": "float32"})
     write_metrics(folder, [dict(epoch=e, lr=0.1, train_loss=1.0, train_acc=0.5, valid_loss=1.0,
                                 valid_acc=valid if e == epochs else 0.1, seconds=10.0) for e in range(1, epochs + 1)])
     for tta, accuracy in tests.items():
@@ -143,7 +148,8 @@ def test_seeds_of_different_recipes_or_unfinished_or_untested_runs_are_refused(t
                                        r"tta=True$"):
         seed_results([first, untested], "mine", "cpu")
     unfinished = _finished_run(tmp_path / "d", 1, 0.8, {False: 0.8, True: 0.81})
-    write_config(unfinished, {**json.loads((unfinished / "config.json").read_text()), "epochs": 3})
+    write_config(unfinished, Config(**{**json.loads((unfinished / "config.json").read_text()), "epochs": 3}),
+                 {"device": "cpu", "dtype": "float32"})
     with pytest.raises(Hw2Error, match=r"d has trained 2 of its 3 epochs: finish it \(train it again with "
                                        r"resume=True\)"):
         seed_results([unfinished], "mine", "cpu")
