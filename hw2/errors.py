@@ -67,7 +67,7 @@ class ConfigError(Hw2Error, ValueError):
 
 
 class DataError(Hw2Error):
-    """The CIFAR-10 files are missing, damaged or not CIFAR-10, or cannot be downloaded."""
+    """The CIFAR-10 or CIFAR-100 files are missing, damaged or not what they should be, or cannot be downloaded."""
 
 
 class CheckpointError(Hw2Error):
