@@ -93,3 +93,7 @@ class Interrupted(Hw2Error):
         self.signum, self.path = signum, path
         super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {path}. Run it again "
                          f"with {field('resume', True)} to continue.")
+
+
+class ImageError(Hw2Error):
+    """A picture to classify cannot be read: missing, empty, not an image, truncated or damaged, or too large."""
