@@ -31,6 +31,8 @@ SIZE = 32
 # Decoding stops short of pictures larger than this (a 40-megapixel photo is larger than phones take, and
 # decodes to 160 MB as RGBA): a few kilobytes of PNG can claim billions of pixels (a decompression bomb).
 MAX_PIXELS = 40_000_000
+TOO_LARGE = (f"more than the {MAX_PIXELS:,} pixels hw2.images decodes (a guard against decompression bombs); "
+             "scale it down first")
 
 
 def image_files(path):
@@ -44,8 +46,8 @@ def image_files(path):
     files = sorted(p for p in path.iterdir()
                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
     if not files:
-        raise ImageError(f"{path} is a folder with no picture files in it ({', '.join(sorted(suffixes)[:8])}, ...); "
-                         "give the pictures' files or their folder")
+        raise ImageError(f"{path} is a folder with no picture files in it (.png, .jpg, .webp, .gif, ...: the formats "
+                         "Pillow opens); give the pictures' files or their folder")
     return files
 
 
@@ -65,8 +67,7 @@ def read_file(path):
         raise ImageError(f"{path} is not a picture Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...): "
                          "convert it to PNG or JPEG") from None
     except Image.DecompressionBombError as e:  # Pillow's own limit, twice its warning's
-        raise ImageError(f"{path} is too large to decode ({e}): scale it down below {MAX_PIXELS:,} pixels "
-                         "first") from None
+        raise ImageError(f"{path} is too large for Pillow to open ({e}): {TOO_LARGE}") from None
     except OSError as e:
         raise ImageError(f"{path} cannot be read ({e.strerror or e})") from None
     with image:
@@ -83,8 +84,7 @@ def check_pixels(image, name):
     """An ImageError unless the PIL image (opened, not yet decoded) has at most MAX_PIXELS pixels."""
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageError(f"{name} is {width}x{height}, {width * height:,} pixels, more than the {MAX_PIXELS:,} "
-                         "hw2.images decodes (a guard against decompression bombs): scale it down first")
+        raise ImageError(f"{name} is {width}x{height}, {width * height:,} pixels: {TOO_LARGE}")
     if width * height == 0:
         raise ImageError(f"{name} has no pixels ({width}x{height})")
 

@@ -164,12 +164,13 @@ def test_a_picture_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path
         path = header_only_png(tmp_path / f"bomb{width}.png", width, height)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # and no Pillow warning about it
-            with pytest.raises(ImageError, match=rf"bomb{width}.png is {width}x{height}, {width * height:,} pixels, "
-                                                 r"more than the 40,000,000 hw2.images decodes \(a guard against "
-                                                 r"decompression bombs\): scale it down first$"):
+            with pytest.raises(ImageError, match=rf"bomb{width}.png is {width}x{height}, {width * height:,} pixels: "
+                                                 r"more than the 40,000,000 pixels hw2.images decodes \(a guard "
+                                                 r"against decompression bombs\); scale it down first$"):
                 read_file(path)  # decoding it would fail on its short data instead
     path = header_only_png(tmp_path / "huge.png", 100_000, 100_000)
-    with pytest.raises(ImageError, match=r"huge.png is too large to decode \(.*\): scale it down below 40,000,000"):
+    with pytest.raises(ImageError, match=r"huge.png is too large for Pillow to open \(.*\): more than the "
+                                         r"40,000,000 pixels hw2.images decodes .*; scale it down first$"):
         read_file(path)
 
 
@@ -206,7 +207,8 @@ def test_a_folder_means_the_picture_files_directly_in_it_sorted(tmp_path):
     assert image_files(tmp_path) == [tmp_path / "a.png", tmp_path / "b.JPG", tmp_path / "c.webp"]
     assert image_files(tmp_path / "notes.txt") == [tmp_path / "notes.txt"], "a file given is tried whatever its name"
     assert image_files(tmp_path / "gone.png") == [tmp_path / "gone.png"]
-    with pytest.raises(ImageError, match=rf"^{tmp_path / 'sub' / 'e'} is a folder with no picture files in it \("):
+    with pytest.raises(ImageError, match=rf"^{tmp_path / 'sub' / 'e'} is a folder with no picture files in it "
+                                         r"\(\.png, \.jpg, .*\); give the pictures' files or their folder$"):
         (tmp_path / "sub" / "e").mkdir()
         image_files(tmp_path / "sub" / "e")
 
