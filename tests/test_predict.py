@@ -1,12 +1,16 @@
 """Predicting pictures: classify gives a test image written as a PNG the logits evaluate computes for it, for
-version 1, version 2 and imported checkpoints."""
+version 1, version 2 and imported checkpoints; `python -m hw2 predict` prints each file's top classes (or one
+JSON document), names each file it cannot read in one line, and predicts the others."""
 import dataclasses
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from hw2 import cli
 from hw2.checkpoint import Checkpoint
 from hw2.config import Config
 from hw2.data import CIFAR100_CLASSES, CLASSES, load_test_data
@@ -106,3 +110,91 @@ def test_a_cifar100_checkpoint_names_cifar100s_classes(tmp_path):
     with pytest.raises(CheckpointError, match=r"has num_classes 10, but its dataset 'cifar100' has 100 classes, so "
                                               r"its outputs have no names; train with dataset and num_classes that"):
         classify(path, [np.zeros((32, 32), np.uint8)])
+
+
+@pytest.fixture
+def pictures(tmp_path, cifar_dir):
+    """A modeldir with model-1.ckpt and model-2.ckpt, and pictures: two test images as PNG and one as JPEG in
+    a folder (with a text file beside them), and bad files -> (modeldir, good files, bad files)."""
+    modeldir = tmp_path / "run"
+    random_checkpoint(modeldir / "model-1.ckpt", 1)
+    random_checkpoint(modeldir / "model-2.ckpt", 2, tta=True)
+    x, _ = load_test_data(cifar_dir)
+    folder = tmp_path / "folder"
+    pngs = as_png(x[:2], folder)
+    Image.fromarray(x[2].reshape(3, 32, 32).transpose(1, 2, 0)).resize((100, 80)).save(folder / "c.jpg")
+    (folder / "notes.txt").write_text("not a picture, and left out of the folder")
+    bad = {"empty.png": b"", "text.jpg": b"hello", "cut.png": pngs[0].read_bytes()[:200]}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    return modeldir, [*pngs, folder / "c.jpg"], [tmp_path / name for name in [*bad, "gone.png"]]
+
+
+def test_predict_prints_the_top_classes_of_each_picture_and_one_line_per_bad_file(pictures, tmp_path, capsys):
+    modeldir, good, bad = pictures
+    argv = ["predict", str(good[0]), str(bad[0]), str(tmp_path / "folder"), *map(str, bad[1:]),
+            "--modeldir", str(modeldir), "--top", "3", "--device", "cpu", "--dtype", "float32"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == f"Classes of 4 pictures by {modeldir / 'model-2.ckpt'} (cpu, float32, with flip tta)"
+    expected = classify(modeldir / "model-2.ckpt", good, top=3, dtype="float32")
+    files = [good[0], *good]  # the first file, then the folder's three
+    assert lines[1::4] == list(map(str, files))
+    for k, result in enumerate([expected[0], *expected]):
+        width = max(len(guess.name) for guess in result["top"])
+        assert lines[2 + 4 * k:5 + 4 * k] == [f"  {guess.name:<{width}} {guess.probability:6.1%}"
+                                              for guess in result["top"]]
+    empty, text, cut, gone = err.splitlines()
+    assert empty == f"error: {bad[0]} is empty (0 bytes): save or copy the picture again"
+    assert text == (f"error: {bad[1]} is not a picture Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...): "
+                    "convert it to PNG or JPEG")
+    assert cut.startswith(f"error: {bad[2]} is truncated or damaged (") and cut.endswith("save or download it again")
+    assert gone == f"error: {bad[3]} does not exist"
+    assert cli.main([*argv[:2], "--modeldir", str(modeldir), "--checkpoint", "1", "--no-tta"]) == 0
+    assert capsys.readouterr().out.startswith(f"Classes of 1 picture by {modeldir / 'model-1.ckpt'} (")
+
+
+def test_predict_json_is_one_document_with_each_files_classes_or_error(pictures, capsys):
+    modeldir, good, bad = pictures
+    argv = ["predict", *map(str, [good[0], bad[0], good[2]]), "--modeldir", str(modeldir), "--json", "--checkpoint",
+            "1", "--device", "cpu", "--dtype", "float32"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    document = json.loads(out)
+    assert err == ""
+    assert {k: document[k] for k in ("checkpoint", "device", "dtype", "tta")} == {
+        "checkpoint": str(modeldir / "model-1.ckpt"), "device": "cpu", "dtype": "float32", "tta": False}
+    first, failed, third = document["images"]
+    assert failed == {"file": str(bad[0]), "error": f"{bad[0]} is empty (0 bytes): save or copy the picture again"}
+    expected = classify(modeldir / "model-1.ckpt", [good[0], good[2]], top=5, dtype="float32")
+    for entry, file, result in zip((first, third), (good[0], good[2]), expected):
+        top = [{"class": guess.name, "index": guess.index, "probability": pytest.approx(guess.probability)}
+               for guess in result["top"]]
+        assert entry == {"file": str(file), **top[0], "top": top}
+    assert cli.main([*argv[:2], *argv[4:]]) == 0
+
+
+def test_predict_best_is_model_best_ckpt_and_a_missing_one_lists_the_checkpoints(pictures, capsys):
+    modeldir, good, _ = pictures
+    argv = ["predict", str(good[0]), "--modeldir", str(modeldir), "--checkpoint", "best", "--device", "cpu"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (f"error: {modeldir} has no model-best.ckpt; it has model-1.ckpt, model-2.ckpt. "
+                                       "Choose epochs with --checkpoints\n")
+    shutil.copy(modeldir / "model-1.ckpt", modeldir / "model-best.ckpt")
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"Classes of 1 picture by {modeldir / 'model-best.ckpt'} (cpu, ")
+    for flag, message in (("--checkpoint last", "'last' is neither an epoch nor best"),
+                          ("--top 0", "argument --top: must be at least 1, got 0")):
+        with pytest.raises(SystemExit):
+            cli.main([*argv[:4], *flag.split()])
+        assert capsys.readouterr().err.endswith(f"{message}\n")
+
+
+def test_predict_of_a_folder_without_pictures_is_an_error_for_that_folder(pictures, tmp_path, capsys):
+    modeldir, good, _ = pictures
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["predict", str(tmp_path / "empty"), str(good[1]), "--modeldir", str(modeldir)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {tmp_path / 'empty'} is a folder with no picture files in it (")
+    assert out.splitlines()[1] == str(good[1])
