@@ -191,7 +191,8 @@ def build_parser():
                                          "the largest central square, downscaled)")
     predictor.add_argument("images", nargs="+", metavar="IMAGE",
                            help="picture files (PNG, JPEG, WebP, GIF, ...) or folders of them")
-    predictor.add_argument("--checkpoint", "--checkpoints", dest="checkpoint", type=epoch_or_best, metavar="EPOCH|best",
+    # --checkpoints too, as test has it: checkpoints_to_test's message names it
+    predictor.add_argument("--checkpoint", "--checkpoints", type=epoch_or_best, metavar="EPOCH|best",
                            help="the checkpoint's epoch, or best (model-best.ckpt) (default: the newest checkpoint)")
     predictor.add_argument("--top", type=at_least_one, default=5, metavar="K",
                            help="how many of the most probable classes to show")
