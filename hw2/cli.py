@@ -1,7 +1,8 @@
-"""The command line front end: python -m hw2 download | train | test | import | runs. train's flags are the Config
-fields under their own names, explained by the Config's help (`python -m hw2 train --help`); test reads the
-network from the checkpoint; runs compares runs. What training and testing report (hw2.events) is printed as
-lines on stdout, with a text progress bar on stderr (Lines), and error messages name parameters as flags.
+"""The command line front end: python -m hw2 download | train | test | predict | import | runs. train's flags
+are the Config fields under their own names, explained by the Config's help (`python -m hw2 train --help`);
+test reads the network from the checkpoint; predict names what a checkpoint sees in pictures; runs compares
+runs. What training and testing report (hw2.events) is printed as lines on stdout, with a text progress bar on
+stderr (Lines), and error messages name parameters as flags.
 
     python -m hw2 train --recipe smoke --modeldir runs/smoke   # about a minute: does everything work?
     python -m hw2 test --modeldir runs/smoke                   # the network and its tta come from the checkpoint
@@ -9,19 +10,24 @@ lines on stdout, with a text progress bar on stderr (Lines), and error messages 
     python -m hw2 train --recipe fast                          # ResNet-20 to about 86% in 26-28 minutes of a 2-core CPU
     python -m hw2 train --recipe fast60                        # to about 87.7% in 60 epochs, about 100 minutes
     python -m hw2 test --modeldir model_v1 --checkpoint 50 60
+    python -m hw2 predict photos/ cat.jpg --modeldir runs/smoke  # the most probable classes of each picture
     python -m hw2 runs runs/smoke model_v1                     # the runs side by side
     python -m hw2 import resnet20-12fca82f.th --modeldir runs/r20_published  # a published network, then test it
 """
 import argparse
 import dataclasses
 import functools
+import json
 import sys
+
+import numpy as np
 
 from hw2.config import RECIPES, Config, config_from, help_text
 from hw2.data import CLASSES, TEST_BATCH, download, load_test_data
-from hw2.errors import Hw2Error, Interrupted, flag_words, format_default
-from hw2.evaluate import checkpoints_to_test, evaluate_checkpoints
+from hw2.errors import Hw2Error, ImageError, Interrupted, flag_words, format_default
+from hw2.evaluate import checkpoint_tta, checkpoints_to_test, classify, evaluate_checkpoints, restore
 from hw2.events import Lines
+from hw2.images import image_files, read_file
 from hw2.models import ARCHITECTURE
 from hw2.published import LAYOUT, import_checkpoint
 from hw2.runs import runs_table
@@ -82,6 +88,20 @@ def build_parser():
         add_flag(tester, name, default=argparse.SUPPRESS,
                  help=f"{help_text(name)} (default: the checkpoint's; given, the checkpoint must have it)")
 
+    predictor = command("predict", help="the most probable classes a checkpoint gives pictures (brought to 32x32: "
+                                         "the largest central square, downscaled)")
+    predictor.add_argument("images", nargs="+", metavar="IMAGE",
+                           help="picture files (PNG, JPEG, WebP, GIF, ...) or folders of them")
+    # --checkpoints too, as test has it: checkpoints_to_test's message names it
+    predictor.add_argument("--checkpoint", "--checkpoints", type=epoch_or_best, metavar="EPOCH|best",
+                           help="the checkpoint's epoch, or best (model-best.ckpt) (default: the newest checkpoint)")
+    predictor.add_argument("--top", type=at_least_one, default=5, metavar="K",
+                           help="how many of the most probable classes to show")
+    predictor.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+    for name in ("modeldir", "device", "dtype"):
+        add_flag(predictor, name)
+    add_flag(predictor, "tta", default=None, help=f"{help_text('tta')} (default: as the checkpoint was trained)")
+
     importer = command("import", help=f"write a published CIFAR-10 ResNet ({LAYOUT}'s layout) as an hw2 "
                                       "checkpoint, model-0.ckpt in --modeldir, for test and train --resume")
     importer.add_argument("file", metavar="FILE", help="the published checkpoint, e.g. resnet20-12fca82f.th")
@@ -117,6 +137,84 @@ def test(args):
             print(f"  {name:<10} {accuracy:.4f}")
 
 
+def epoch_or_best(text):
+    """predict's --checkpoint: an epoch, or 'best'."""
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an epoch nor best") from None
+
+
+def at_least_one(text):
+    """A positive integer flag."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def read_pictures(arguments):
+    """The pictures the IMAGE arguments name (a folder: the picture files in it) -> [(file, uint8 [3072] or the
+    ImageError that says why it cannot be used)], in order."""
+    pictures = []
+    for argument in arguments:
+        try:
+            files = image_files(argument)
+        except ImageError as e:  # a folder without pictures
+            pictures.append((argument, e))
+            continue
+        for file in files:
+            try:
+                pictures.append((str(file), read_file(file)))
+            except ImageError as e:
+                pictures.append((str(file), e))
+    return pictures
+
+
+def predict_pictures(args):
+    """Print the `--top` most probable classes of each picture, as text or (--json) one JSON document -> the exit
+    status: 2 when a picture could not be read (its one line on stderr, or its "error" in the JSON), after all
+    the others were predicted."""
+    config = Config(modeldir=args.modeldir, device=args.device, dtype=args.dtype)  # checks them
+    [path] = checkpoints_to_test(config.checkpoint_dir, [] if args.checkpoint is None else [args.checkpoint])
+    model, checkpoint = restore(path, config.device)
+    device = next(model.parameters()).device
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    tta = checkpoint_tta(checkpoint, args.tta)
+    pictures = read_pictures(args.images)
+    readable = np.array([x for _, x in pictures if not isinstance(x, ImageError)], np.uint8).reshape(-1, 3072)
+    results = iter(classify((model, checkpoint), readable, args.top, tta, dtype=dtype))
+    entries = []
+    for file, x in pictures:
+        entries.append({"file": file, "error": str(x)} if isinstance(x, ImageError)
+                       else {"file": file, **named(next(results))})
+    failed = sum("error" in entry for entry in entries)
+    if args.json:
+        print(json.dumps({"checkpoint": str(path), "device": str(device), "dtype": dtype, "tta": tta,
+                          "images": entries}, indent=1))
+        return 2 if failed else 0
+    done = len(entries) - failed
+    print(f"Classes of {done} picture{'s' if done != 1 else ''} by {path} ({device}, {dtype}"
+          f"{', with flip tta' if tta else ''})", flush=True)
+    for entry in entries:
+        if "error" in entry:
+            print(f"error: {entry['error']}", file=sys.stderr, flush=True)
+            continue
+        print(entry["file"])
+        width = max(len(guess["class"]) for guess in entry["top"])
+        for guess in entry["top"]:
+            print(f"  {guess['class']:<{width}} {guess['probability']:6.1%}", flush=True)
+    return 2 if failed else 0
+
+
+def named(result):
+    """A classify result as the JSON has it: the class, its index and probability, and the top classes."""
+    top = [{"class": guess.name, "index": guess.index, "probability": guess.probability} for guess in result["top"]]
+    return {**top[0], "top": top}
+
+
 def import_published(args):
     """Import a published checkpoint and say how to test and fine-tune it."""
     path, config = import_checkpoint(args.file, args.modeldir, args.allow_unsafe_load)
@@ -143,6 +241,8 @@ def main(argv=None):
             import_published(args)
         elif args.command == "runs":
             print(runs_table(args.modeldirs))
+        elif args.command == "predict":
+            return predict_pictures(args)
         else:
             test(args)
     except Interrupted as e:

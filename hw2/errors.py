@@ -67,7 +67,7 @@ class ConfigError(Hw2Error, ValueError):
 
 
 class DataError(Hw2Error):
-    """The CIFAR-10 files are missing, damaged or not CIFAR-10, or cannot be downloaded."""
+    """The CIFAR-10 or CIFAR-100 files are missing, damaged or not what they should be, or cannot be downloaded."""
 
 
 class CheckpointError(Hw2Error):
@@ -95,3 +95,7 @@ class Interrupted(Hw2Error):
         written = f"checkpoint written to {path}" if path else "the main process wrote the checkpoint"
         super().__init__(f"stopped by {signal.Signals(signum).name}; {written}. Run it again with "
                          f"{field('resume', True)} to continue.")
+
+
+class ImageError(Hw2Error):
+    """A picture to classify cannot be read: missing, empty, not an image, truncated or damaged, or too large."""

@@ -1,6 +1,11 @@
-"""Batched evaluation of a model or a checkpoint: accuracy, per-class accuracy, confusion matrix."""
+"""Batched evaluation of a model or a checkpoint: accuracy, per-class accuracy, confusion matrix; and the classes
+a checkpoint gives pictures (classify)."""
 import copy
+import os
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -9,11 +14,16 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hw2.augment import Loader
 from hw2.checkpoint import check_architecture
+from hw2.data import class_names
 from hw2.errors import CheckpointError, field
 from hw2.events import Reporter
+from hw2.images import read_images
 from hw2.modeldir import checkpoint_path, list_checkpoints, read_checkpoint, record_test
 from hw2.models import build_network
 from hw2.runtime import autocast, resolve_device, resolve_dtype
+
+
+BEST = "model-best.ckpt"  # the checkpoint of the best validation accuracy a run keeps in its modeldir
 
 
 def fold_batchnorm(model):
@@ -63,6 +73,17 @@ def evaluation_batch_size(device):
     return 64 if device.type == "cpu" else 1024
 
 
+def logits_of(model, x, stats, device="auto", dtype="auto", tta=False, fold=True):
+    """Logits [N, C] (float32, on `device`) of uint8 images x [N, 3072] as evaluation computes them: an
+    evaluation Loader normalising with stats (the per-channel (mean, std) the network was trained with), the
+    BatchNorms folded (fold_batchnorm's copy runs on `device`; fold False: `model` runs as it is, see evaluate),
+    the dtype resolved as training resolves it, autocast, and with tta the mirror images' logits averaged in."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    loader = Loader(x, torch.zeros(len(x), dtype=torch.int64), evaluation_batch_size(device), stats, device)
+    return predict(fold_batchnorm(model).to(device) if fold else model, loader, dtype, tta)
+
+
 def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=True):
     """Evaluate on uint8 images x [N, 3072] with labels y [N] -> dict of
         loss                 mean cross-entropy (float)
@@ -70,16 +91,14 @@ def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=Tr
         per_class_accuracy   [C] float tensor: each true class's fraction predicted right (0 for an absent class)
         confusion            [C, C] int64 tensor of image counts (rows: true class, columns: predicted)
         predicted            [N] int64 tensor: the class predicted for each image of x, in x's order
+        logits               [N, C] float32 tensor: the network's output for each image (logits_of)
     (all on the CPU); stats is the per-channel (mean, std) the network was trained with, batches are
     evaluation_batch_size(device) images. The model is left as it was, on its device and in its mode: the
     folded copy is what runs on `device`. fold False: `model` is already
     fold_batchnorm's copy (the benchmark folds once, outside its timed windows) or in evaluation mode, and runs
     as it is, so it must already be on `device`."""
-    device = resolve_device(device) if isinstance(device, str) else device
-    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    loader = Loader(x, y, evaluation_batch_size(device), stats, device)
-    logits = predict(fold_batchnorm(model).to(device) if fold else model, loader, dtype, tta)
-    labels = loader.y
+    logits = logits_of(model, x, stats, device, dtype, tta, fold)
+    labels = torch.as_tensor(y).to(logits.device)
     num_classes = logits.shape[1]
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
@@ -91,6 +110,7 @@ def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=Tr
         "per_class_accuracy": per_class,
         "confusion": confusion,
         "predicted": predicted.cpu(),
+        "logits": logits.cpu(),
     }
 
 
@@ -106,21 +126,28 @@ def restore(path, device="auto"):
 
 
 def checkpoints_to_test(modeldir, checkpoints=()):
-    """modeldir/model-{epoch}.ckpt for each epoch in `checkpoints`, or the newest checkpoint when it is empty; a
-    CheckpointError that lists the checkpoints there when one of them is missing."""
+    """modeldir/model-{epoch}.ckpt for each epoch in `checkpoints` (modeldir/model-best.ckpt for "best"), or
+    the newest checkpoint when it is empty; a CheckpointError that lists the checkpoints there when one of them
+    is missing."""
     have = list_checkpoints(modeldir)
     if not checkpoints:
         if not have:
             raise CheckpointError(f"no checkpoints in {modeldir}: train a run into it first, or point "
                                   f"{field('modeldir')} at a run")
         return have[-1:]
-    paths = [checkpoint_path(modeldir, epoch) for epoch in checkpoints]
-    missing = [p.name for p in paths if p not in have]
+    paths = [Path(modeldir) / BEST if epoch == "best" else checkpoint_path(modeldir, epoch) for epoch in checkpoints]
+    missing = [p.name for p in paths if not p.is_file()]
     if missing:
         listed = ", ".join(p.name for p in have) or "none"
         raise CheckpointError(f"{modeldir} has no {', '.join(missing)}; it has {listed}. "
                               f"Choose epochs with {field('checkpoints')}")
     return paths
+
+
+def checkpoint_tta(checkpoint, tta=None):
+    """Whether to evaluate with flip test-time augmentation: `tta`, or when it is None as the checkpoint's run
+    was tested (its config's tta)."""
+    return checkpoint.config.get("tta", False) if tta is None else tta
 
 
 def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, architecture=None, report=None):
@@ -134,7 +161,7 @@ def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, arc
         model, checkpoint = restore(path, device)
         if architecture:
             check_architecture(checkpoint, architecture, path)
-        flip = checkpoint.config.get("tta", False) if tta is None else tta
+        flip = checkpoint_tta(checkpoint, tta)
         report.testing(path, flip)
         result = evaluate(model, x, y, (checkpoint.mean, checkpoint.std), device=next(model.parameters()).device,
                           dtype=dtype, tta=flip)
@@ -142,3 +169,37 @@ def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, arc
         record_test(path, flip, result["accuracy"])  # for the table of runs (python -m hw2 runs)
         results.append(result)
     return results
+
+
+class Guess(NamedTuple):
+    """One of the classes classify gives a picture: its index (the label), its name and its probability."""
+    index: int
+    name: str
+    probability: float
+
+
+def classify(source, images, top=5, tta=None, device="auto", dtype="auto"):
+    """The classes a checkpoint's network gives pictures -> one dict per picture, in order:
+        logits  [C] float32 tensor (CPU): the network's output, as evaluate computes it (logits_of)
+        top     the `top` most probable classes (at most C), most probable first, as Guess(index, name, probability)
+    source is a checkpoint's path, or the (model, checkpoint) pair restore returns (the model then runs on its
+    own device, and `device` is not used). images is a list of pictures (files, PIL images or arrays, which
+    hw2.images brings to 32x32), or CIFAR's uint8 [N, 3072]. The network is evaluated as `evaluate` evaluates
+    it: the checkpoint's normalisation, BatchNorm folded, dtype, and tta None: as its run was tested.
+    Probabilities are the softmax of the logits; class names are those of the checkpoint's config's dataset."""
+    model, checkpoint = restore(source, device) if isinstance(source, (str, os.PathLike)) else source
+    dataset, num_classes = checkpoint.config.get("dataset", "cifar10"), checkpoint.config["num_classes"]
+    names = class_names(dataset)
+    if num_classes != len(names):
+        raise CheckpointError(f"the checkpoint's network has num_classes {num_classes}, but its dataset {dataset!r} "
+                              f"has {len(names)} classes, so its outputs have no names; train with {field('dataset')} "
+                              f"and {field('num_classes')} that agree")
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (3072,)):
+        images = read_images(images)
+    if len(images) == 0:
+        return []
+    logits = logits_of(model, images, (checkpoint.mean, checkpoint.std), next(model.parameters()).device, dtype,
+                       checkpoint_tta(checkpoint, tta)).cpu()
+    probabilities, indices = logits.softmax(1).topk(min(top, len(names)), dim=1)
+    return [{"logits": row, "top": [Guess(i, names[i], p) for i, p in zip(index.tolist(), probability.tolist())]}
+            for row, index, probability in zip(logits, indices, probabilities)]

@@ -1,5 +1,5 @@
-"""Shared fixtures and helpers: a small synthetic CIFAR-10 in the official layout (and an HTTP server on
-127.0.0.1 to download it from), the real CIFAR-10 stand-in when it has been prepared in data/, the Config
+"""Shared fixtures and helpers: a small synthetic CIFAR-10 and CIFAR-100 in the official layouts (and an HTTP
+server on 127.0.0.1 to download them from), the real CIFAR-10 stand-in when it has been prepared in data/, the Config
 of a seconds-long training run, and checkpoints of untrained networks."""
 import dataclasses
 import functools
@@ -17,7 +17,7 @@ import torch
 
 from hw2.checkpoint import Checkpoint
 from hw2.config import SMALL_RUN, Config
-from hw2.data import BATCH_DIR, BATCHES, TEST_BATCH
+from hw2.data import BATCH_DIR, BATCHES, CIFAR100_CLASSES, DATASETS, TEST_BATCH
 from hw2.models import build_network
 
 REAL_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -78,6 +78,42 @@ def write_cifar(root, per_batch=40):
 def cifar_dir(tmp_path_factory):
     """A data_dir holding a synthetic CIFAR-10 (40 images a batch)."""
     return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+def synthetic_cifar100(per_class, seed):
+    """A CIFAR-100 batch dict as the official `train` and `test` are, with per_class images of each of the 100
+    fine classes in a seeded order: class c draws a bright row stripe at c % 10 and a column stripe at c // 10
+    over noise, learnable in a few steps; its coarse label is c // 5 (not the official grouping)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(100), per_class))
+    images = rng.integers(0, 60, (len(labels), 3, 32, 32))
+    for i, c in enumerate(labels):
+        images[i, :, 3 * (c % 10):3 * (c % 10) + 3, :] = 250
+        images[i, :, :, 3 * (c // 10):3 * (c // 10) + 3] = 200
+    return {b"batch_label": b"synthetic", b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(),
+            b"data": images.astype(np.uint8).reshape(len(labels), 3072),
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
+
+
+def write_cifar100(root, per_class=2):
+    """Write root/cifar-100-python/ as the official archive extracts it: `train` and `test` (per_class images of
+    each class, so 100 * per_class each, as Python 2 pickles) and `meta` (the fine and coarse label names)
+    -> root as a Path."""
+    spec = DATASETS["cifar100"]
+    folder = Path(root) / spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate([*spec.train, spec.test]):
+        (folder / name).write_bytes(py2_pickle(synthetic_cifar100(per_class, seed)))
+    meta = {b"fine_label_names": [name.encode() for name in CIFAR100_CLASSES],
+            b"coarse_label_names": [f"superclass_{i}".encode() for i in range(20)]}
+    (folder / spec.meta).write_bytes(py2_pickle(meta))
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def cifar100_dir(tmp_path_factory):
+    """A data_dir holding a synthetic CIFAR-100 (200 training and 200 test images)."""
+    return write_cifar100(tmp_path_factory.mktemp("cifar100"))
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import io
 import os
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw2.data import (BATCH_DIR, TEST_BATCH, DataError, data_label, download, load_data, load_test_data, md5sum,
-                      read_batch, train_valid_split)
-from conftest import py2_pickle, synthetic_batch
+from hw2.data import (BATCH_DIR, CIFAR100_CLASSES, CLASSES, DATASETS, TEST_BATCH, DataError, class_names, data_label,
+                      download, load_data, load_test_data, md5sum, read_batch, train_valid_split)
+from hw2.errors import ConfigError
+from conftest import py2_pickle, synthetic_batch, synthetic_cifar100
 
 # test_batch as ../shared/data/make_cifar10.py writes it with pillow 13.0 and numpy 2.4 (../shared/data/README.md):
 # its pixels are decoded JPEGs, so another pillow, or numpy, may write other bytes.
@@ -225,3 +227,95 @@ def test_the_stand_in_has_the_pixels_pinned_for_pillow_13_0_and_numpy_2_4(real_d
     assert md5sum(real_data_dir / BATCH_DIR / TEST_BATCH) == STANDIN_TEST_MD5, (
         f"pillow {found['pillow']} and numpy {found['numpy']} should decode the stand-in's JPEGs to the pixels pinned "
         "(if data/ was written elsewhere, rewrite it: python ../shared/data/make_cifar10.py data)")
+
+
+CIFAR100 = DATASETS["cifar100"]
+
+
+def test_cifar100_is_read_from_the_official_layout_with_its_fine_labels(cifar100_dir):
+    x_train, y_train, x_test, y_test = load_data(cifar100_dir, dataset="cifar100")
+    assert x_train.shape == (200, 3072) and x_test.shape == (200, 3072) and x_train.dtype == np.uint8
+    assert np.bincount(y_train).tolist() == [2] * 100 and y_test.dtype == np.int64
+    with open(cifar100_dir / "cifar-100-python" / "train", "rb") as f:
+        official = pickle.load(f, encoding="bytes")
+    assert y_train.tolist() == official[b"fine_labels"] != official[b"coarse_labels"]
+    assert np.array_equal(load_test_data(cifar100_dir, "cifar100")[0], x_test)
+    assert class_names("cifar100", cifar100_dir) == class_names("cifar100") == CIFAR100_CLASSES
+    assert len(set(CIFAR100_CLASSES)) == 100 and CIFAR100_CLASSES == sorted(CIFAR100_CLASSES)
+    assert class_names() == CLASSES and data_label(cifar100_dir, "cifar100") == "CIFAR-100 (unofficial copy)"
+
+
+def make_cifar100_archive(path, folder):
+    """tar.gz of folder/cifar-100-python -> (path, md5)."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(Path(folder) / CIFAR100.folder, arcname=CIFAR100.folder)
+    return path, hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def test_cifar100_download_fetches_checks_and_extracts_once(tmp_path, http_server, cifar100_dir, monkeypatch):
+    url, www, requests = http_server
+    _, md5 = make_cifar100_archive(www / CIFAR100.archive, cifar100_dir)
+    local = dataclasses.replace(CIFAR100, url=f"{url}/{CIFAR100.archive}", md5=md5)  # the official one, served here
+    monkeypatch.setitem(DATASETS, "cifar100", local)
+    data = tmp_path / "data"
+    assert download(data, dataset="cifar100") == data / "cifar-100-python"
+    assert sorted(p.name for p in (data / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
+    assert load_data(data, "cifar100")[0].shape == (200, 3072) and class_names("cifar100", data) == CIFAR100_CLASSES
+    assert len(requests) == 1 and (data / CIFAR100.archive).is_file()
+    download(data, dataset="cifar100")
+    assert len(requests) == 1, "data already there: nothing is fetched again"
+    assert not (data / BATCH_DIR).exists(), "CIFAR-10 was not asked for"
+
+
+def test_cifar100_wrong_md5_extracts_nothing(tmp_path, http_server, cifar100_dir):
+    url, www, _ = http_server
+    make_cifar100_archive(www / CIFAR100.archive, cifar100_dir)
+    with pytest.raises(DataError, match=r"cifar-100-python.tar.gz has MD5 \w+, expected 0{32}: the download is "
+                                        r"incomplete or not the CIFAR-100 python archive\. Delete it and run "
+                                        r"`python -m hw2 download --dataset cifar100` again; nothing was extracted"):
+        download(tmp_path / "data", url=f"{url}/{CIFAR100.archive}", md5="0" * 32, dataset="cifar100")
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [CIFAR100.archive]
+
+
+def test_an_archive_without_the_cifar100_files_is_refused(tmp_path, cifar_dir):
+    _, md5 = make_archive(tmp_path / CIFAR100.archive, cifar_dir)  # CIFAR-10's folder under CIFAR-100's name
+    with pytest.raises(DataError, match="does not contain cifar-100-python/ with train, test, meta"):
+        download(tmp_path, md5=md5, dataset="cifar100")
+    assert not (tmp_path / CIFAR100.folder).exists()
+
+
+def test_missing_cifar100_names_its_folder_and_download_command(tmp_path):
+    with pytest.raises(DataError, match=r"cifar-100-python/test is missing: run `python -m hw2 download --dataset "
+                                        r"cifar100`, or point data_dir at the folder holding cifar-100-python/$"):
+        load_test_data(tmp_path, "cifar100")
+    with pytest.raises(ConfigError, match="dataset must be 'cifar10' or 'cifar100'; got 'cifar1000'"):
+        load_data(tmp_path, "cifar1000")
+
+
+def cifar100_batch(changes):
+    """One image of each class as the official `train` is, with `changes`."""
+    return {**synthetic_cifar100(1, 0), **changes}
+
+
+@pytest.mark.parametrize("batch,message", [
+    (cifar100_batch({b"fine_labels": list(range(1, 101))}), "labels must be in 0-99, found 1..100"),
+    (cifar100_batch({b"fine_labels": [0, 1]}), "expected 100 integer labels"),
+    (cifar100_batch({b"data": np.zeros((100, 1024), np.uint8)}), r"uint8 array \[N, 3072\], found uint8 \(100, 1024\)"),
+    (synthetic_batch(5, 0), "is not a CIFAR-100 batch: expected keys b'data' and b'fine_labels', found "),
+])
+def test_batches_that_are_not_cifar100_name_the_file(tmp_path, batch, message):
+    _write(tmp_path / "train", batch)
+    with pytest.raises(DataError, match=message) as e:
+        read_batch(tmp_path / "train", "cifar100")
+    assert str(tmp_path / "train") in str(e.value)
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({b"fine_label_names": [n.encode() for n in reversed(CIFAR100_CLASSES)]}, r"names the classes \['worm'"),
+    ({b"coarse_label_names": [b"x"]}, r"not CIFAR-100's meta file: expected a dict whose b'fine_label_names' is"),
+])
+def test_a_meta_file_that_does_not_name_cifar100s_classes_in_order_is_refused(tmp_path, meta, message):
+    (tmp_path / "cifar-100-python").mkdir()
+    _write(tmp_path / "cifar-100-python" / "meta", meta)
+    with pytest.raises(DataError, match=message):
+        class_names("cifar100", tmp_path)

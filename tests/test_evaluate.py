@@ -22,6 +22,7 @@ def test_evaluate_counts_every_image_once_and_builds_the_confusion_matrix(monkey
     assert torch.equal(confusion.sum(1), torch.bincount(torch.from_numpy(y), minlength=10))
     assert result["accuracy"] == pytest.approx(confusion.diag().sum().item() / 25)
     assert torch.equal(result["confusion"][torch.from_numpy(y), result["predicted"]] > 0, torch.ones(25, dtype=torch.bool))
+    assert result["logits"].shape == (25, 10) and torch.equal(result["logits"].argmax(1), result["predicted"])
     assert model.training, "evaluation leaves the model's mode as it was"
 
 
@@ -71,6 +72,15 @@ def test_checkpoints_to_test_are_the_newest_or_the_epochs_asked_for(tmp_path):
     with pytest.raises(CheckpointError, match=r"has no model-3.ckpt; it has model-2.ckpt, model-10.ckpt, "
                                               r"model-11-step5.ckpt\. Choose epochs with checkpoints$"):
         checkpoints_to_test(tmp_path, [2, 3])
+
+
+def test_checkpoints_to_test_take_best_for_model_best_ckpt(tmp_path):
+    (tmp_path / "model-2.ckpt").touch()
+    with pytest.raises(CheckpointError, match=r"has no model-best.ckpt; it has model-2.ckpt\. Choose epochs with "):
+        checkpoints_to_test(tmp_path, ["best"])
+    (tmp_path / "model-best.ckpt").touch()
+    assert checkpoints_to_test(tmp_path, ["best", 2]) == [tmp_path / "model-best.ckpt", tmp_path / "model-2.ckpt"]
+    assert checkpoints_to_test(tmp_path) == [tmp_path / "model-2.ckpt"], "the newest is the newest epoch's"
 
 
 def test_evaluate_checkpoints_prints_like_the_cli_and_matches_evaluate(tmp_path, capsys):
