@@ -55,6 +55,7 @@ class Checkpoint:
         if lacks:
             raise CheckpointError(f"{path} is not an hw2 checkpoint: it has no {', '.join(lacks)}")
         checkpoint["config"].setdefault("shortcut", "projection")  # written before shortcut was a choice
+        checkpoint["config"].setdefault("dataset", "cifar10")  # written before CIFAR-100
         return cls(**{f.name: checkpoint[f.name] for f in fields if f.name in checkpoint})
 
 
@@ -88,12 +89,16 @@ def _write_atomically(state, path):
 
 
 def check_architecture(checkpoint, expected, path):
-    """Raise CheckpointError unless the checkpoint's network is the `expected` one: a Config, or a dict of
-    some of the ARCHITECTURE fields (the ones a user gave)."""
+    """Raise CheckpointError unless the checkpoint's network is the `expected` one: a Config, or a dict of some of
+    the ARCHITECTURE fields (the ones a user gave) and the dataset it is tested on, whose classes its outputs are."""
     if not isinstance(expected, dict):
-        expected = {k: getattr(expected, k) for k in ARCHITECTURE}
+        expected = {k: getattr(expected, k) for k in (*ARCHITECTURE, "dataset")}
     saved = checkpoint.config
-    wrong = {k: v for k, v in expected.items() if saved[k] != v}
+    if "dataset" in expected and saved["dataset"] != expected["dataset"]:
+        raise CheckpointError(f"{path} was trained on {saved['dataset']} ({saved['num_classes']} classes) and cannot be "
+                              f"tested on {expected['dataset']}: use {field('dataset', saved['dataset'])}, or a "
+                              f"checkpoint of a run on {expected['dataset']}")
+    wrong = {k: v for k, v in expected.items() if k != "dataset" and saved[k] != v}
     if wrong:
         have = ", ".join(f"{k} {saved[k]}" for k in ARCHITECTURE)
         want = ", ".join(f"{k} {v}" for k, v in wrong.items())

@@ -22,12 +22,13 @@ import sys
 
 import numpy as np
 
-from hw2.config import RECIPES, Config, config_from, help_text
-from hw2.data import CLASSES, TEST_BATCH, download, load_test_data
+from hw2.config import FIELDS, RECIPES, Config, config_from, help_text
+from hw2.data import dataset_spec, download, load_test_data
 from hw2.errors import Hw2Error, ImageError, Interrupted, flag_words, format_default
 from hw2.evaluate import checkpoint_tta, checkpoints_to_test, classify, evaluate_checkpoints, restore
 from hw2.events import Lines
 from hw2.images import image_files, read_file
+from hw2.modeldir import read_checkpoint
 from hw2.models import ARCHITECTURE
 from hw2.published import LAYOUT, import_checkpoint
 from hw2.runs import runs_table
@@ -42,6 +43,9 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
             return action.help
         return f"{action.help} (default: {format_default(action.default)})"
+
+
+GIVEN_ARCHITECTURE = [name for name in ARCHITECTURE if name in FIELDS]  # num_classes follows from the dataset
 
 
 def add_flag(parser, name, given_only=False, **overrides):
@@ -67,7 +71,8 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     command = functools.partial(commands.add_parser, allow_abbrev=False, formatter_class=_HelpWithDefaults)
 
-    fetch = command("download", help="download and extract CIFAR-10 into --data_dir")
+    fetch = command("download", help="download and extract CIFAR-10 (or --dataset cifar100) into --data_dir")
+    add_flag(fetch, "dataset")
     add_flag(fetch, "data_dir")
 
     trainer = command("train", help="train a network, writing checkpoints and metrics.csv to --modeldir")
@@ -75,16 +80,17 @@ def build_parser():
                                        or "He et al.'s recipe, the defaults below") for name, recipe in RECIPES.items())
     trainer.add_argument("--recipe", choices=RECIPES, default="he",
                          help=f"start from a recipe ({recipes}); the flags given still override it")
-    for f in dataclasses.fields(Config):
-        add_flag(trainer, f.name, given_only=True)
+    for name in FIELDS:
+        add_flag(trainer, name, given_only=True)
 
     tester = command("test", help="test accuracy of checkpoints in --modeldir (the network as each was trained)")
-    tester.add_argument("--checkpoint", "--checkpoints", dest="checkpoints", type=int, nargs="+", metavar="EPOCH",
-                        help="epochs of the checkpoints to test (default: the newest checkpoint)")
+    tester.add_argument("--checkpoint", "--checkpoints", dest="checkpoints", type=epoch_or_best, nargs="+",
+                        metavar="EPOCH|best", help="epochs of the checkpoints to test, or best (model-best.ckpt: the "
+                                                   "best validation accuracy) (default: the newest checkpoint)")
     for name in ("modeldir", "data_dir", "device", "dtype"):
         add_flag(tester, name)
     add_flag(tester, "tta", default=None, help=f"{help_text('tta')} (default: as the checkpoint was trained)")
-    for name in ARCHITECTURE:  # read from the checkpoint: given, they only check it
+    for name in (*GIVEN_ARCHITECTURE, "dataset"):  # read from the checkpoint: given, they only check it
         add_flag(tester, name, default=argparse.SUPPRESS,
                  help=f"{help_text(name)} (default: the checkpoint's; given, the checkpoint must have it)")
 
@@ -117,24 +123,28 @@ def build_parser():
 
 
 def test(args):
-    """Print the test accuracy of each checkpoint (default: the newest), and its accuracy on each class."""
+    """Print the test accuracy of each checkpoint (default: the newest), and its accuracy on each class, on the
+    test images of its data set (or of --dataset, which each checkpoint must then have been trained on)."""
     given = vars(args)
-    config = Config(**{name: given[name] for name in ("modeldir", "data_dir", "device", "dtype", "resnet_version")
-                       if name in given})  # checks them, and gives the default modeldir
+    config = Config(**{name: given[name] for name in ("modeldir", "data_dir", "device", "dtype", "resnet_version",
+                                                      "dataset") if name in given})  # checks them
     paths = checkpoints_to_test(config.checkpoint_dir, args.checkpoints)
+    dataset = given.get("dataset") or read_checkpoint(paths[0]).config["dataset"]
+    spec = dataset_spec(dataset)
     device = resolve_device(config.device)
     dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
-    print(f"Testing {', '.join(p.name for p in paths)} of {config.checkpoint_dir} on the CIFAR-10 test batch in "
+    print(f"Testing {', '.join(p.name for p in paths)} of {config.checkpoint_dir} on the {spec.name} test batch in "
           f"{config.data_dir} ({device}, {dtype})", flush=True)
-    download(config.data_dir, need=[TEST_BATCH])
-    x_test, y_test = load_test_data(config.data_dir)
-    architecture = {name: given[name] for name in ARCHITECTURE if name in given}
+    download(config.data_dir, need=[spec.test], dataset=dataset)
+    x_test, y_test = load_test_data(config.data_dir, dataset)
+    architecture = {name: given[name] for name in GIVEN_ARCHITECTURE if name in given} | {"dataset": dataset}
     results = evaluate_checkpoints(paths, x_test, y_test, device, config.dtype, args.tta, architecture,
                                    Lines(flag_words))
+    width = max(map(len, spec.classes))
     for path, result in zip(paths, results):
         print(f"Per-class test accuracy of {path.name}:")
-        for name, accuracy in zip(CLASSES, result["per_class_accuracy"].tolist()):
-            print(f"  {name:<10} {accuracy:.4f}")
+        for name, accuracy in zip(spec.classes, result["per_class_accuracy"].tolist()):
+            print(f"  {name:<{width}} {accuracy:.4f}")
 
 
 def epoch_or_best(text):
@@ -218,7 +228,7 @@ def named(result):
 def import_published(args):
     """Import a published checkpoint and say how to test and fine-tune it."""
     path, config = import_checkpoint(args.file, args.modeldir, args.allow_unsafe_load)
-    flags = " ".join(f"--{name} {getattr(config, name)}" for name in ARCHITECTURE
+    flags = " ".join(f"--{name} {getattr(config, name)}" for name in GIVEN_ARCHITECTURE
                      if getattr(config, name) != getattr(Config(), name))  # what train --resume must be told
     print(f"Imported {args.file} into {path}: ResNet-{6 * config.resnet_size + 2}, version 1 with zero-padding "
           f"shortcuts, resnet_size {config.resnet_size}, first_num_filters {config.first_num_filters}, with the "
@@ -233,9 +243,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.command == "download":
-            print(f"CIFAR-10 is in {download(args.data_dir)}")
+            print(f"{dataset_spec(args.dataset).name} is in {download(args.data_dir, dataset=args.dataset)}")
         elif args.command == "train":
-            given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+            given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
             train(config_from(args.recipe, **given), Lines(flag_words))
         elif args.command == "import":
             import_published(args)

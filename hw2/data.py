@@ -65,6 +65,7 @@ class DataSet:
     meta: str = ""  # the file naming the classes (under names_key), checked against `classes`; "": none read
     names_key: bytes = b""
     test_md5: str = ""  # of the official test batch file, which data_label recognises
+    download: str = "`python -m hw2 download`"  # the command that downloads it, for messages
 
     @property
     def files(self):
@@ -77,8 +78,15 @@ DATASETS = {
     "cifar100": DataSet("CIFAR-100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                         "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python.tar.gz", "cifar-100-python", ["train"],
                         "test", b"fine_labels", CIFAR100_CLASSES, meta="meta", names_key=b"fine_label_names",
-                        test_md5="f0ef6b0ae62326f3e7ffdfab6717acfc"),
+                        test_md5="f0ef6b0ae62326f3e7ffdfab6717acfc",
+                        download="`python -m hw2 download --dataset cifar100`"),
 }
+
+
+def reports_top5(num_classes):
+    """Whether results report top-5 accuracy beside top-1: for CIFAR-100's 100 classes, as its papers do; CIFAR-10's
+    report top-1 alone."""
+    return num_classes > len(CLASSES)
 
 
 def dataset_spec(dataset):
@@ -86,11 +94,6 @@ def dataset_spec(dataset):
     if dataset not in DATASETS:
         raise ConfigError(f"{field('dataset')} must be {' or '.join(map(repr, DATASETS))}; got {dataset!r}")
     return DATASETS[dataset]
-
-
-def _download_command(spec):
-    """The command line that downloads `spec`, for messages."""
-    return "python -m hw2 download" + ("" if spec is DATASETS["cifar10"] else " --dataset cifar100")
 
 
 def _have_batches(folder, names):
@@ -129,7 +132,7 @@ def _safe_extract(archive, dest, again):
                     raise DataError(f"{archive}: refusing archive member that is a link or device: {m.name!r}")
             tar.extractall(dest, members=members)
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{archive} is truncated or corrupt ({e}); delete it and run `{again}` again") from e
+        raise DataError(f"{archive} is truncated or corrupt ({e}); delete it and run {again} again") from e
 
 
 def download(data_dir="data", url=None, md5=None, need=None, dataset="cifar10"):
@@ -150,7 +153,7 @@ def download(data_dir="data", url=None, md5=None, need=None, dataset="cifar10"):
     if _have_batches(folder, need):
         return folder
     archive = data_dir / spec.archive
-    again = _download_command(spec)
+    again = spec.download
     if not archive.exists():
         created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]  # deepest first
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -164,14 +167,14 @@ def download(data_dir="data", url=None, md5=None, need=None, dataset="cifar10"):
                     p.rmdir()
             raise DataError(
                 f"{spec.name} is not in {folder} and could not be downloaded from {url} ({e}). "
-                f"Run `{again} --data_dir {data_dir}` where there is internet, or fetch the archive "
+                f"Run {again} with {field('data_dir', str(data_dir))} where there is internet, or fetch the archive "
                 f"by hand (MD5 {md5}) and put it at {archive}; it is extracted on the next run. If {spec.name} is "
                 f"elsewhere, point {field('data_dir')} at the folder holding {spec.folder}/.") from e
         os.replace(partial, archive)
     actual = md5sum(archive)
     if actual != md5:
         raise DataError(f"{archive} has MD5 {actual}, expected {md5}: the download is incomplete or not the "
-                        f"{spec.name} python archive. Delete it and run `{again}` again; nothing was extracted.")
+                        f"{spec.name} python archive. Delete it and run {again} again; nothing was extracted.")
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=".extract-") as tmp:
         _safe_extract(archive, tmp, again)
         if not _have_batches(Path(tmp) / spec.folder, spec.files):
@@ -210,7 +213,7 @@ def _unpickle(path, spec):
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"{path} is missing: run `{_download_command(spec)}`, or point {field('data_dir')} at the "
+        raise DataError(f"{path} is missing: run {spec.download}, or point {field('data_dir')} at the "
                         f"folder holding {spec.folder}/") from None
     except Exception as e:  # any unpickling failure: truncated, crafted, not a pickle
         raise DataError(f"{path} is not a readable {spec.name} batch ({type(e).__name__}: {e})") from e
@@ -272,7 +275,7 @@ def class_names(dataset="cifar10", data_dir=None):
     if names != spec.classes:
         raise DataError(f"{path} names the classes {names[:3]}... ({len(names)}), not {spec.name}'s in the order "
                         f"of the official files; its labels would mean other classes: use the official archive "
-                        f"(`{_download_command(spec)}`)")
+                        f"({spec.download})")
     return names
 
 

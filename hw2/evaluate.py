@@ -14,16 +14,13 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hw2.augment import Loader
 from hw2.checkpoint import check_architecture
-from hw2.data import class_names
+from hw2.data import class_names, reports_top5
 from hw2.errors import CheckpointError, field
 from hw2.events import Reporter
 from hw2.images import read_images
-from hw2.modeldir import checkpoint_path, list_checkpoints, read_checkpoint, record_test
+from hw2.modeldir import BEST, checkpoint_path, list_checkpoints, read_checkpoint, record_test
 from hw2.models import build_network
 from hw2.runtime import autocast, resolve_device, resolve_dtype
-
-
-BEST = "model-best.ckpt"  # the checkpoint of the best validation accuracy a run keeps in its modeldir
 
 
 def fold_batchnorm(model):
@@ -90,6 +87,7 @@ def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=Tr
         accuracy             fraction of the N images predicted right (float)
         per_class_accuracy   [C] float tensor: each true class's fraction predicted right (0 for an absent class)
         confusion            [C, C] int64 tensor of image counts (rows: true class, columns: predicted)
+        top5_accuracy        fraction of the N images whose class is among the 5 most probable (float)
         predicted            [N] int64 tensor: the class predicted for each image of x, in x's order
         logits               [N, C] float32 tensor: the network's output for each image (logits_of)
     (all on the CPU); stats is the per-channel (mean, std) the network was trained with, batches are
@@ -107,6 +105,7 @@ def evaluate(model, x, y, stats, device="auto", dtype="auto", tta=False, fold=Tr
     return {
         "loss": F.cross_entropy(logits, labels).item(),
         "accuracy": (predicted == labels).float().mean().item(),
+        "top5_accuracy": (logits.topk(min(5, num_classes), 1).indices == labels[:, None]).any(1).float().mean().item(),
         "per_class_accuracy": per_class,
         "confusion": confusion,
         "predicted": predicted.cpu(),
@@ -154,7 +153,8 @@ def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, arc
     """Restore and evaluate each checkpoint on (x, y) (the test set), reporting each to `report` (a
     hw2.events.Reporter: testing, tested) and keeping its accuracy in modeldir/test.csv -> list of evaluate()
     results. tta None: as each checkpoint was trained (its config's tta). With an `architecture` (a Config, or
-    a dict of some of the ARCHITECTURE fields), a checkpoint of another network is an error."""
+    a dict of some of the ARCHITECTURE fields and the dataset of x and y), a checkpoint of another network or
+    data set is an error."""
     report = report or Reporter()
     results = []
     for path in paths:
@@ -166,7 +166,8 @@ def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, arc
         result = evaluate(model, x, y, (checkpoint.mean, checkpoint.std), device=next(model.parameters()).device,
                           dtype=dtype, tta=flip)
         report.tested(path, result)
-        record_test(path, flip, result["accuracy"])  # for the table of runs (python -m hw2 runs)
+        top5 = result["top5_accuracy"] if reports_top5(checkpoint.config["num_classes"]) else None
+        record_test(path, flip, result["accuracy"], top5)  # for the table of runs (python -m hw2 runs)
         results.append(result)
     return results
 

@@ -8,11 +8,13 @@ A message a reporter gets (`warning`) may name parameters with hw2.errors.field,
 (hw2.errors.in_words).
 """
 import math
+from pathlib import Path
 
 from tqdm import tqdm
 
+from hw2.data import reports_top5
 from hw2.errors import field, in_words, python_words
-from hw2.modeldir import list_checkpoints
+from hw2.modeldir import BEST, list_checkpoints
 from hw2.models import count_parameters
 
 
@@ -121,6 +123,8 @@ class Lines(Reporter):
 
     def tested(self, path, result):
         self.show(f"Test accuracy: {result['accuracy']:.4f}")
+        if reports_top5(len(result["per_class_accuracy"])):
+            self.show(f"Top-5 test accuracy: {result['top5_accuracy']:.4f}")
 
 
 def epoch_line(row):
@@ -132,14 +136,18 @@ def epoch_line(row):
 
 
 def summary(metrics, modeldir):
-    """One line on a finished run: epochs, time, best and last validation accuracy, where the checkpoints are."""
+    """One line on a finished run: epochs, time, best and last validation accuracy, where the checkpoints are,
+    and which holds the best epoch (none without a validation split)."""
     seconds = sum(row["seconds"] for row in metrics)
     took = f"{seconds:.1f} seconds" if seconds < 60 else f"{seconds / 60:.1f} minutes"
     text = f"Trained {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {took}"
     valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
-    if valid:
-        best = max(valid, key=lambda row: row["valid_acc"])
+    best = max(valid, key=lambda row: row["valid_acc"]) if valid else None  # the first of equals, as training keeps
+    if best:
         text += (f"; validation accuracy best {best['valid_acc']:.4f} (epoch {best['epoch']}), "
                  f"last {valid[-1]['valid_acc']:.4f}")
     newest = list_checkpoints(modeldir)[-1:]
-    return text + f". Checkpoints in {modeldir}" + (f" (newest {newest[0].name})." if newest else ".")
+    text += f". Checkpoints in {modeldir}" + (f" (newest {newest[0].name})." if newest else ".")
+    if metrics and not best:
+        return text + f" No validation split, so no {BEST}."
+    return text + (f" {BEST} holds epoch {best['epoch']}." if best and (Path(modeldir) / BEST).exists() else "")

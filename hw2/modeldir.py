@@ -2,11 +2,13 @@
 
     model-{epoch}.ckpt         a checkpoint after a whole epoch (hw2.checkpoint.Checkpoint)
     model-{epoch}-step{N}.ckpt a run stopped N steps into epoch `epoch` (deleted once a later epoch is saved)
+    model-best.ckpt            the epoch of the best validation accuracy so far (never chosen on the test set)
     config.json                the run's Config as it was asked for (`Config(**json)` loads it)
     resolved.json              what hw2 decided for it: device, dtype, resumed or not, the paths it resolved to
-    metrics.csv                one row per epoch, the METRICS columns
+    metrics.csv                one row per epoch, the METRICS columns (and valid_top5 for CIFAR-100)
     log.txt                    what the run printed, each session appended (a progress bar as it last stood)
-    test.csv                   checkpoint,tta,accuracy: each test of a checkpoint on the test images, the latest kept
+    test.csv                   checkpoint,tta,accuracy(,top5): each test of a checkpoint on the test images, the
+                               latest kept
     .lock                      held by the one training run that may write here (ModeldirLock)
 
 A folder of reports/ holds the same files without the checkpoints (hw2.runs compares them).
@@ -30,7 +32,8 @@ from hw2.checkpoint import Checkpoint
 from hw2.errors import CheckpointError, ModeldirBusy, ModeldirError, field
 from hw2.models import ARCHITECTURE
 
-NAME = re.compile(r"^model-(\d+)(?:-step(\d+))?\.ckpt$")
+NAME = re.compile(r"^model-(\d+)(?:-step(\d+))?\.ckpt$")  # the checkpoints a run resumes from
+BEST = "model-best.ckpt"
 CONFIG, RESOLVED, LOG, METRICS_FILE, TESTS = "config.json", "resolved.json", "log.txt", "metrics.csv", "test.csv"
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]  # of train()'s rows
 # Config fields that say where and how a run computes, not what it learns: a run continued under other values of
@@ -108,6 +111,13 @@ def save_checkpoint(modeldir, checkpoint):
     return path
 
 
+def save_best(modeldir, checkpoint):
+    """Write the checkpoint as modeldir/model-best.ckpt (atomically), replacing the one before -> its path."""
+    path = Path(modeldir) / BEST
+    checkpoint.save(path)
+    return path
+
+
 # --- config.json, resolved.json, metrics.csv, test.csv, log.txt ------------------------------------------
 
 def _replace(path, text):
@@ -128,8 +138,10 @@ def _csv(header, rows, lineterminator):
 
 def write_metrics(modeldir, rows):
     """modeldir/metrics.csv, rewritten whole after each epoch: it always holds exactly the epochs of the run so
-    far, also after a resume from an older checkpoint. (Lines end in CRLF, the csv module's default.)"""
-    _replace(Path(modeldir) / METRICS_FILE, _csv(METRICS, rows, "\r\n"))
+    far, also after a resume from an older checkpoint. Columns: METRICS, then any other the rows have
+    (valid_top5). (Lines end in CRLF, the csv module's default.)"""
+    columns = METRICS + [name for name in (rows[0] if rows else {}) if name not in METRICS]
+    _replace(Path(modeldir) / METRICS_FILE, _csv(columns, rows, "\r\n"))
 
 
 def read_metrics(path):
@@ -169,14 +181,17 @@ def is_run(folder):
     return (Path(folder) / CONFIG).exists() or bool(list_checkpoints(folder))
 
 
-def record_test(path, tta, accuracy):
-    """Keep a checkpoint's test accuracy in its modeldir's test.csv (replacing an earlier test of it with the
-    same tta). A modeldir that cannot be written is left as it is: testing does not need it."""
+def record_test(path, tta, accuracy, top5=None):
+    """Keep a checkpoint's test accuracy (and its top-5 accuracy, where given) in its modeldir's test.csv,
+    replacing an earlier test of it with the same tta. A modeldir that cannot be written is left as it is:
+    testing does not need it."""
     tests = Path(path).parent / TESTS
     rows = [row for row in read_tests(tests.parent) if (row["checkpoint"], row["tta"]) != (Path(path).name, str(tta))]
-    rows.append({"checkpoint": Path(path).name, "tta": str(tta), "accuracy": f"{accuracy:.4f}"})
+    rows.append({"checkpoint": Path(path).name, "tta": str(tta), "accuracy": f"{accuracy:.4f}",
+                 **({"top5": f"{top5:.4f}"} if top5 is not None else {})})
+    columns = ["checkpoint", "tta", "accuracy"] + (["top5"] if any(row.get("top5") for row in rows) else [])
     with contextlib.suppress(OSError):
-        _replace(tests, _csv(["checkpoint", "tta", "accuracy"], rows, "\n"))
+        _replace(tests, _csv(columns, rows, "\n"))
 
 
 def read_tests(folder):

@@ -12,12 +12,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hw2.config import Config, help_text
+from hw2.config import FIELDS, Config, help_text
 from hw2.errors import NO_VALUE, ConfigError, Hw2Error
 from hw2.events import Lines
 from hw2.report import training_curves
 
-FIELDS = [f.name for f in dataclasses.fields(Config)]
 PAPERMILL_HEADER = "# Parameters\n"  # how the cell papermill injects after the parameters cell starts
 
 

@@ -37,11 +37,12 @@ def network(config):
 def recipe(config):
     """The training recipe in a few words: rate and schedule, batch, weight decay, and what else is on."""
     c = config
+    words = [] if c.get("dataset", "cifar10") == "cifar10" else [c["dataset"]]  # runs older than CIFAR-100: 10
     if c["lr_schedule"] == "step":
         drops = ",".join(map(str, [m for m in c["lr_milestones"] if m < c["epochs"]]))
-        words = [f"lr {c['learning_rate']:g}" + (f" /10 at {drops}" if drops else "")]
+        words.append(f"lr {c['learning_rate']:g}" + (f" /10 at {drops}" if drops else ""))
     else:
-        words = [f"lr {c['learning_rate']:g} cosine"]
+        words.append(f"lr {c['learning_rate']:g} cosine")
     if c["warmup_epochs"]:
         words.append(f"warm-up {c['warmup_epochs']:g}")
     words += [f"batch {c['batch_size']}", f"wd {c['weight_decay']:g}"]
@@ -76,21 +77,25 @@ def run_row(folder):
     config = read_config(folder)
     metrics_path = Path(folder) / METRICS_FILE
     metrics = read_metrics(metrics_path) if metrics_path.exists() else []
-    valid = [row["valid_acc"] for row in metrics if not math.isnan(row["valid_acc"])]
-    tests = read_tests(folder)
+    valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
+    best = max(valid, key=lambda row: row["valid_acc"], default=None)  # the first of equals, as model-best.ckpt
+    tests = [row for row in read_tests(folder) if NAME.match(row["checkpoint"])]  # model-best.ckpt's aside
     newest = max((row["checkpoint"] for row in tests), default=None, key=lambda name: int(NAME.match(name)[1]))
     test = " / ".join(f"{100 * float(row['accuracy']):.2f}%" + (" tta" if row["tta"] == "True" else "")
+                      + (f" (top-5 {100 * float(row['top5']):.2f}%)" if row.get("top5") else "")
                       for row in sorted(tests, key=lambda row: row["tta"]) if row["checkpoint"] == newest)
     name, parameters = network(config)
     resolved = read_resolved(folder)
     return [Path(folder).name, name, recipe(config), f"{parameters:,}", f"{len(metrics)}/{config['epochs']}",
-            _percent(max(valid, default=None)), _percent(valid[-1] if valid else None), test or "-",
+            f"{_percent(best['valid_acc'])} ({best['epoch']:.0f})" if best else "-",
+            _percent(valid[-1]["valid_acc"] if valid else None), test or "-",
             _duration(sum(row["seconds"] for row in metrics)), f"{resolved['device']} {resolved['dtype']}"]
 
 
 def runs_table(folders):
     """One row per run (a modeldir, or a folder of reports/): network, recipe, parameters, epochs done of
-    those asked for, best and last validation accuracy, test accuracy of the newest tested checkpoint,
+    those asked for, best validation accuracy and its epoch, the last one, test accuracy of the newest tested
+    checkpoint (and its top-5 accuracy for CIFAR-100),
     training time (the epochs' seconds added up), device and dtype. Folders that are not runs (a glob such
     as reports/*/ also finds benchmark folders) are named under the table; if none is a run, that is an
     error."""
@@ -98,7 +103,7 @@ def runs_table(folders):
     if not runs:
         raise Hw2Error(f"{folders[0]} is not a run: it has no {CONFIG} and no checkpoint"
                        + (f" (nor has any of the other {len(folders) - 1})" if len(folders) > 1 else ""))
-    header = ["run", "network", "recipe", "parameters", "epochs", "best valid", "last valid", "test", "time",
+    header = ["run", "network", "recipe", "parameters", "epochs", "best valid (epoch)", "last valid", "test", "time",
               "device"]
     table = format_table(header, [run_row(folder) for folder in runs], left=3)
     others = [str(folder) for folder in folders if folder not in runs]

@@ -29,8 +29,9 @@ from hw2.data import download, load_data, train_valid_split
 from hw2.errors import ConfigError, Interrupted, TrainingDiverged, field
 from hw2.evaluate import evaluate
 from hw2.events import Reporter
-from hw2.modeldir import (claim, latest_checkpoint, list_checkpoints, log_output, save_checkpoint, write_config,
-                          write_metrics)
+from hw2.data import reports_top5
+from hw2.modeldir import (claim, latest_checkpoint, list_checkpoints, log_output, save_best, save_checkpoint,
+                          write_config, write_metrics)
 from hw2.models import build_network
 from hw2.runtime import (autocast, fused_sgd_can_skip, grad_scaler, resolve_device, resolve_dtype, stop_signals,
                          sum_dtype, use_fastest_kernels)
@@ -345,7 +346,10 @@ def _train(config, modeldir, data_dir, resume, process, report):
                 result = evaluate(state.evaluated, x_valid, y_valid, (loader.mean, loader.std), device=device,
                                   dtype=dtype, tta=config.tta)
                 row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
+                if reports_top5(config.num_classes):
+                    row["valid_top5"] = result["top5_accuracy"]
             row["seconds"] = totals.seconds()
+            best = max((m["valid_acc"] for m in state.metrics), default=-1.0)  # of the whole run, resumed or not
             state.metrics.append(row)
             state.epoch, state.step, state.partial = epoch + 1, 0, None
             if main:
@@ -354,6 +358,8 @@ def _train(config, modeldir, data_dir, resume, process, report):
                     report.warning(f"skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite")
                 if (epoch + 1) % config.save_interval == 0 or epoch + 1 == config.epochs:
                     _save(modeldir, state, config, loader)
+                if row["valid_acc"] > best:  # never with no validation split: NaN is not more than anything
+                    save_best(modeldir, _checkpoint(state, config, loader))
                 report.epoch_finished(row, state.metrics)
     if main:
         report.finished(state.metrics, modeldir)
@@ -403,10 +409,15 @@ def _start(config, modeldir, data_dir, state, decided, report):
         report.nothing_to_train(modeldir, config.epochs)
 
 
+def _checkpoint(state, config, loader):
+    """The Checkpoint of the state as it stands, with the config and the normalisation."""
+    return Checkpoint(config=dataclasses.asdict(config), mean=loader.mean.flatten().tolist(),
+                      std=loader.std.flatten().tolist(), **state.state_dict())
+
+
 def _save(modeldir, state, config, loader):
-    """The checkpoint of the state as it stands, with the config and the normalisation -> its path."""
-    return save_checkpoint(modeldir, Checkpoint(config=dataclasses.asdict(config), mean=loader.mean.flatten().tolist(),
-                                                std=loader.std.flatten().tolist(), **state.state_dict()))
+    """Save the state as it stands under its position's name -> the path."""
+    return save_checkpoint(modeldir, _checkpoint(state, config, loader))
 
 
 def _resume(state, loader, modeldir, config, report):
@@ -424,10 +435,10 @@ def _resume(state, loader, modeldir, config, report):
 def _load_data(config, data_dir, rank, world, device):
     """-> (the training Loader of this process, (x_valid, y_valid)), the split and any subset as config says."""
     if rank == 0:
-        download(data_dir)
+        download(data_dir, dataset=config.dataset)
     if world > 1:
         dist.barrier()  # the other processes read what rank 0 downloaded
-    x_train, y_train, _, _ = load_data(data_dir)
+    x_train, y_train, _, _ = load_data(data_dir, config.dataset)
     x_train, y_train, x_valid, y_valid = train_valid_split(x_train, y_train, config.valid_size, config.seed)
     if config.train_subset:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]

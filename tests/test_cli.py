@@ -13,13 +13,12 @@ from packaging.requirements import Requirement
 
 from hw2 import cli
 from hw2.cli import build_parser
-from hw2.config import FAST_RECIPE, RECIPES, Config, help_text
+from hw2.config import FAST_RECIPE, FIELDS, RECIPES, Config, help_text
 from hw2.data import BATCH_DIR
 from hw2.errors import CheckpointError, format_default
 from hw2.modeldir import ModeldirLock, run_differences
 from conftest import as_flags, small_settings, untrained_checkpoint
 
-FIELDS = [field.name for field in dataclasses.fields(Config)]
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -54,9 +53,9 @@ def test_every_train_flag_shows_its_meaning_and_default(capsys, monkeypatch):
 
 def test_test_lists_only_what_it_uses(capsys, monkeypatch):
     text = help_of("test", capsys, monkeypatch)
-    assert options(text) == {"-h", "--help", "--checkpoint", "--checkpoints", "--modeldir", "--data_dir", "--device", "--dtype", "--tta",
-                             "--no-tta", "--resnet_version", "--resnet_size", "--first_num_filters", "--shortcut",
-                             "--num_classes"}
+    assert options(text) == {"-h", "--help", "--checkpoint", "--checkpoints", "--modeldir", "--data_dir", "--device",
+                             "--dtype", "--tta", "--no-tta", "--resnet_version", "--resnet_size", "--first_num_filters",
+                             "--shortcut", "--dataset"}
     assert "(default: as the checkpoint was trained)" in text and "(default: the checkpoint's;" in text
 
 
@@ -206,8 +205,8 @@ def test_runs_prints_one_row_per_run_and_names_a_folder_that_is_not_one(capsys):
     reports = README.parent / "reports"
     assert cli.main(["runs", str(reports / "r20_he"), str(reports / "r20_5ep")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "network", "recipe", "parameters", "epochs", "best", "valid", "last", "valid",
-                                "test", "time", "device"]
+    assert lines[0].split() == ["run", "network", "recipe", "parameters", "epochs", "best", "valid", "(epoch)", "last",
+                                "valid", "test", "time", "device"]
     assert [line.split()[0] for line in lines[2:]] == ["r20_he", "r20_5ep"]
     assert cli.main(["runs", str(reports)]) == 2
     assert capsys.readouterr().err == f"error: {reports} is not a run: it has no config.json and no checkpoint\n"

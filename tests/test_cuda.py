@@ -177,4 +177,4 @@ def test_two_gpus_train_identical_replicas(cifar_dir, tmp_path):
     params = [torch.load(tmp_path / f"rank{r}.pt", map_location="cpu")["parameters"] for r in (0, 1)]
     assert all(torch.equal(params[0][name], params[1][name]) for name in params[0])
     assert sorted(p.name for p in (tmp_path / "model0").iterdir()) == [
-        "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt", "resolved.json"]
+        "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt", "model-best.ckpt", "resolved.json"]

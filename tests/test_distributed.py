@@ -79,7 +79,7 @@ def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tm
     # one process wrote checkpoints and metrics, the other nothing; rank 0's last checkpoint holds the
     # shared weights, which moved during the second epoch
     assert sorted(p.name for p in (tmp_path / "model0").iterdir()) == [
-        "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt", "resolved.json"]
+        "config.json", "log.txt", "metrics.csv", "model-1.ckpt", "model-2.ckpt", "model-best.ckpt", "resolved.json"]
     assert not (tmp_path / "model1").exists()
     first, last = (Checkpoint.load(tmp_path / "model0" / f"model-{e}.ckpt").model for e in (1, 2))
     assert all(torch.equal(last[name], params[0][name]) for name in params[0])

@@ -12,7 +12,7 @@ import torch
 
 import hw2
 from hw2 import cli, events
-from hw2.config import Config
+from hw2.config import FIELDS, Config
 from hw2.data import load_test_data
 from hw2.errors import Interrupted, ModeldirError, in_words
 from hw2.evaluate import evaluate_checkpoints
@@ -119,7 +119,6 @@ def test_a_stopped_run_a_resumed_one_and_a_finished_one_report_so(cifar_dir, tmp
 # --- no module of the library speaks as a front end --------------------------------------------------------
 
 FRONT_ENDS = {"cli.py", "notebook.py", "bench.py", "__main__.py"}
-FIELDS = {field.name for field in dataclasses.fields(Config)}
 COMMAND = re.compile(r"`python -m hw2 [^`]*`")  # a whole example command line, fine in any message
 FLAG = re.compile(r"--(?:no-)?(\w+)")
 

@@ -24,7 +24,7 @@ def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys)
     train(config, Lines())  # as the command line prints
     printed = capsys.readouterr().out.splitlines()
     modeldir = config.checkpoint_dir
-    assert Config(**json.loads((modeldir / "config.json").read_text())) == config  # the request, as given
+    assert Config.from_dict(json.loads((modeldir / "config.json").read_text())) == config  # the request, as given
     resolved = json.loads((modeldir / "resolved.json").read_text())  # what was decided for it
     assert resolved == {"device": "cpu", "dtype": resolved["dtype"], "resume": False, "processes": 1,
                         "modeldir": str(modeldir.resolve()), "data_dir": str(cifar_dir.resolve())}
@@ -104,7 +104,7 @@ def test_the_runs_in_reports_compare():
     reports = ("compile_avx2", "fast30", "fast30_ls0", "fast30_wd1e3", "fast60", "full30",
                "full60")  # folders that are not runs
     assert left_out.endswith("left out: " + ", ".join(str(REPORTS / name) for name in reports))
-    assert "182/182" in rows["r20_he"] and "87.84%      87.54%  87.42% / 89.04% tta" in rows["r20_he"]
+    assert "182/182" in rows["r20_he"] and "87.84% (168)      87.54%  87.42% / 89.04% tta" in rows["r20_he"]
     assert rows["r20_he"].endswith("cpu bfloat16") and rows["v2_size2"].split()[1:3] == ["ResNet-20", "v2"]
 
 
@@ -148,7 +148,7 @@ def test_seeds_of_different_recipes_or_unfinished_or_untested_runs_are_refused(t
                                        r"tta=True$"):
         seed_results([first, untested], "mine", "cpu")
     unfinished = _finished_run(tmp_path / "d", 1, 0.8, {False: 0.8, True: 0.81})
-    write_config(unfinished, Config(**{**json.loads((unfinished / "config.json").read_text()), "epochs": 3}),
+    write_config(unfinished, Config.from_dict({**json.loads((unfinished / "config.json").read_text()), "epochs": 3}),
                  {"device": "cpu", "dtype": "float32"})
     with pytest.raises(Hw2Error, match=r"d has trained 2 of its 3 epochs: finish it \(train it again with "
                                        r"resume=True\)"):

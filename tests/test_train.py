@@ -8,8 +8,10 @@ import torch
 import torch.distributed as dist
 
 from conftest import small_config
+from hw2 import cli
 from hw2.checkpoint import Checkpoint
 from hw2.config import FAST_RECIPE, Config
+from hw2.data import load_test_data
 from hw2.errors import Hw2Error, Interrupted, ModeldirError, flag_words
 from hw2.events import Lines
 from hw2.models import ResNet
@@ -70,7 +72,7 @@ def test_train_writes_checkpoints_metrics_and_the_epoch_line(cifar_dir, tmp_path
     config = small_config(cifar_dir, tmp_path)
     model, metrics = train(config, Lines())
     modeldir = tmp_path / "model"
-    assert sorted(p.name for p in modeldir.glob("*.ckpt")) == ["model-2.ckpt", "model-3.ckpt"]
+    assert sorted(p.name for p in modeldir.glob("*.ckpt")) == ["model-2.ckpt", "model-3.ckpt", "model-best.ckpt"]
     assert (modeldir / "metrics.csv").read_text().splitlines()[0] == ",".join(METRICS)
     rows = read_metrics(modeldir / "metrics.csv")
     assert [row["epoch"] for row in rows] == [1, 2, 3]
@@ -201,7 +203,8 @@ def test_epoch_lines_show_validation_accuracy_and_the_run_ends_with_a_summary(ci
     best = max(metrics, key=lambda r: r["valid_acc"])
     assert lines[-1].startswith("Trained 3 epochs in ")
     assert f"best {best['valid_acc']:.4f} (epoch {best['epoch']}), last {metrics[-1]['valid_acc']:.4f}" in lines[-1]
-    assert lines[-1].endswith(f"Checkpoints in {config.checkpoint_dir} (newest model-3.ckpt).")
+    assert lines[-1].endswith(f"Checkpoints in {config.checkpoint_dir} (newest model-3.ckpt). "
+                              f"model-best.ckpt holds epoch {best['epoch']}.")
 
     _, again = train(dataclasses.replace(config, resume=True), Lines())  # a finished run: says so, trains nothing
     lines = capsys.readouterr().out.splitlines()
@@ -243,6 +246,36 @@ def test_cutout_and_alternate_flip_train_differently_and_resume_bit_identically(
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
     assert [row["train_loss"] for row in resumed_metrics] == pytest.approx([row["train_loss"] for row in metrics],
                                                                            rel=1e-6)
+
+
+def test_the_best_checkpoint_is_the_first_epoch_of_the_best_validation_accuracy_also_after_a_resume(
+        cifar_dir, tmp_path, monkeypatch, capsys):
+    config = small_config(cifar_dir, tmp_path, epochs=4, save_interval=3, learning_rate=0.2)
+    whole, metrics = train(dataclasses.replace(config, modeldir=str(tmp_path / "whole")))
+    best = max(metrics, key=lambda row: row["valid_acc"])  # the first of equals
+    kept = Checkpoint.load(tmp_path / "whole" / "model-best.ckpt")
+    assert kept.epoch == best["epoch"] and kept.metrics == metrics[:best["epoch"]]
+    calls = []  # stopped at step 3 of epoch 3, then resumed from model-3-step3 (8 steps an epoch)
+    monkeypatch.setattr(_StopRequests, "requested", lambda self, world, device: calls.append(1) or len(calls) == 19)
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.undo()
+    train(dataclasses.replace(config, resume=True), Lines())
+    resumed = Checkpoint.load(config.checkpoint_dir / "model-best.ckpt")
+    assert resumed.epoch == kept.epoch and all(torch.equal(resumed.model[k], v) for k, v in kept.model.items())
+    assert f"model-best.ckpt holds epoch {best['epoch']}." in capsys.readouterr().out
+    x, y = load_test_data(cifar_dir)
+    assert cli.main(["test", "--modeldir", str(config.checkpoint_dir), "--checkpoint", "best"]) == 0
+    assert "Restored model parameters from " + str(config.checkpoint_dir / "model-best.ckpt") in capsys.readouterr().out
+
+
+def test_without_a_validation_split_there_is_no_best_checkpoint_and_the_summary_says_so(cifar_dir, tmp_path, capsys):
+    config = small_config(cifar_dir, tmp_path, epochs=1, valid_size=0)
+    train(config, Lines())
+    assert capsys.readouterr().out.splitlines()[-1].endswith(". No validation split, so no model-best.ckpt.")
+    assert not (config.checkpoint_dir / "model-best.ckpt").exists()
+    assert cli.main(["test", "--modeldir", str(config.checkpoint_dir), "--checkpoint", "best"]) == 2
+    assert "has no model-best.ckpt; it has model-1.ckpt" in capsys.readouterr().err
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_modeldir(tmp_path):
