@@ -16,6 +16,7 @@ TINY = ["--resnet_size", "1", "--batch_size", "8", "--steps", "1", "--eval_image
         "--windows", "3", "--warmup", "1", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_bench_reports_hw2_and_reference_side_by_side(cifar_dir, capsys):
     bench.main(TINY + ["--data_dir", str(cifar_dir)])
     report = json.loads(capsys.readouterr().out)
@@ -66,6 +67,7 @@ def test_the_result_is_the_medians_of_the_windows_and_what_follows_from_them():
     assert (report["eval_images"], report["ref_eval_images"], report["windows"]) == (16, 4, 3)
 
 
+@pytest.mark.slow
 def test_batchnorm_is_folded_once_a_window_and_never_inside_the_evaluation_window(cifar_dir, monkeypatch, capsys):
     folds = []
 
@@ -99,6 +101,7 @@ def test_evaluate_takes_an_already_folded_network_and_refuses_one_in_training_mo
         evaluate(model, x, y, stats, device="cpu", fold=False)  # BatchNorm would use each batch's statistics
 
 
+@pytest.mark.slow
 def test_float16_trains_with_a_loss_scaler(cifar_dir, monkeypatch, capsys):
     scalers = []
     step = bench.train_step

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import hw2.augment
@@ -68,6 +69,7 @@ def torchrun(settings, out):
     return run
 
 
+@pytest.mark.slow
 def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tmp_path):
     run = torchrun({**SETTINGS, "data_dir": str(cifar_dir)}, tmp_path)
     replicas = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
@@ -99,6 +101,7 @@ def test_two_processes_train_identical_replicas_on_distinct_shards(cifar_dir, tm
     assert images(0, 0) != images(0, 1)
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_at_the_same_step(cifar_dir, tmp_path):
     torchrun({**SETTINGS, "data_dir": str(cifar_dir), "signal_rank_1": True}, tmp_path)
     # rank 1 asked to stop before the first step; at step 2, where they compare, both stop; rank 0 writes

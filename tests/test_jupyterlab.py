@@ -29,6 +29,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="no selenium: pip i
 from selenium.webdriver.common.by import By  # noqa: E402 (after the skips)
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
+pytestmark = pytest.mark.slow  # minutes of a browser driving JupyterLab: CI runs it (-m slow)
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hw2-browser-test"
 TINY_RUN = {**FIRST_TRY, "modeldir": "runs/lab"}  # 03's suggested first try, in the folder the checks below name

@@ -142,6 +142,7 @@ def test_golden_copy_is_the_notebook_with_an_injected_cell(name):
     assert cells(golden) == cells(load(NOTEBOOKS / name)), f"notebooks/{name} changed: run `python tests/test_notebooks.py`"
 
 
+@pytest.mark.slow
 def test_pytest_nbval_as_typed_passes_twice_and_leaves_the_checkout_alone(tmp_path, real_data_dir):
     """`pytest --nbval` at the root of a fresh checkout (a copy: its notebooks, golden copies, reports and
     conftest; hw2 linked): 01, 02 and 05 as committed, 03 and 04 on the small run; then once more."""

@@ -4,14 +4,19 @@ and macOS's Apple GPU (MPS: the optimizer path chosen for it). Neither was tried
 run hw2's branches for them, not the platforms. Device selection with availability mocked is in
 tests/test_runtime.py."""
 import errno
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import filelock
+import pytest
 import torch
+from PIL import Image
 
 import hw2.train
 from hw2 import runtime
@@ -19,6 +24,7 @@ from hw2.checkpoint import Checkpoint
 from hw2.models import ResNet
 from hw2.train import _StopRequests, make_optimizer, train_step
 from hw2.modeldir import ModeldirLock, list_checkpoints
+from test_import import write_published
 
 # Run first by `python -c`: Linux made to look like Windows to hw2. filelock's Windows lock (LockFileEx) cannot
 # run on Linux, so its flock lock stands in for it, imported before fcntl is hidden; SIGUSR1 stands in for
@@ -27,7 +33,7 @@ WINDOWS = """
 import errno, os, signal, sys
 import filelock
 filelock.WindowsFileLock = filelock.UnixFileLock
-sys.modules["fcntl"] = None  # as on Windows: nothing imported from here on may need it
+sys.modules["fcntl"] = sys.modules["resource"] = None  # as on Windows: nothing imported from here on may need them
 signal.SIGBREAK = signal.SIGUSR1
 real_open = os.open
 def open_no_folder(path, flags, *args, **kwargs):
@@ -39,11 +45,14 @@ from hw2 import runtime
 runtime.WINDOWS = True
 """
 CLI = "from hw2.cli import main; sys.exit(main(sys.argv[1:]))"
+BENCH = "from hw2.bench import main; sys.exit(main(sys.argv[1:]))"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def on_windows(*args, background=False):
-    """`python -m hw2 ARGS` under WINDOWS: the finished process, or with background=True the running one."""
-    command = [sys.executable, "-c", WINDOWS + CLI, *map(str, args)]
+def on_windows(*args, background=False, program=CLI):
+    """`python -m hw2 ARGS` (program BENCH: `python -m hw2.bench ARGS`) under WINDOWS: the finished process, or with
+    background=True the running one."""
+    command = [sys.executable, "-c", WINDOWS + program, *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if background:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -90,6 +99,31 @@ def test_train_stop_resume_test_and_a_busy_modeldir_on_windows(cifar_dir, tmp_pa
     run = on_windows("test", "--data_dir", cifar_dir, "--modeldir", modeldir)
     assert run.returncode == 0, run.stderr
     assert f"Restored model parameters from {modeldir / 'model-3.ckpt'}" in run.stdout
+
+
+@pytest.mark.slow
+def test_every_command_the_readme_gives_runs_on_windows(cifar_dir, tmp_path):
+    """Each `python -m hw2 ...` command of the README, on small data, as Windows would run it (train's stop and
+    resume are the test above)."""
+    typed = set(re.findall(r"(?:^!?|`)python -m (hw2(?:\.bench)?)(?: (\w+))?", README.read_text(), re.M))
+    modeldir, published = tmp_path / "run", tmp_path / "resnet20.th"
+    small = ["--resnet_size", "1", "--first_num_filters", "8", "--batch_size", "20", "--valid_size", "40", "--epochs",
+             "1", "--data_dir", cifar_dir, "--device", "cpu"]
+    write_published(published, 1)
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "picture.png")
+    runs = {("hw2", "download"): ["download", "--data_dir", cifar_dir],
+            ("hw2", "train"): ["train", *small, "--modeldir", modeldir],
+            ("hw2", "test"): ["test", "--data_dir", cifar_dir, "--modeldir", modeldir, "--checkpoint", "best"],
+            ("hw2", "predict"): ["predict", tmp_path / "picture.png", "--modeldir", modeldir, "--json"],
+            ("hw2", "runs"): ["runs", modeldir],
+            ("hw2", "import"): ["import", published, "--modeldir", tmp_path / "imported"],
+            ("hw2.bench", ""): ["--resnet_size", "1", "--batch_size", "8", "--steps", "1", "--eval_images", "16",
+                                "--ref_eval_images", "4", "--windows", "1", "--warmup", "0", "--data_dir", cifar_dir]}
+    assert typed - {("hw2", "")} == set(runs), "a README command this test does not run"
+    for (program, _), args in runs.items():
+        run = on_windows(*args, program=BENCH if program == "hw2.bench" else CLI)
+        assert run.returncode == 0, f"{program} {args[0]}: {run.stderr[-2000:]}"
+    assert json.loads(run.stdout)["peak_memory_mib"] is None  # the benchmark's last: Windows has no getrusage
 
 
 def test_a_checkpoint_is_written_where_a_folder_cannot_be_opened(tmp_path, monkeypatch):
