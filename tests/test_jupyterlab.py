@@ -236,7 +236,7 @@ def test_03_run_all_again_and_after_a_restart_shows_the_same_run_and_other_param
         student.edit(**TINY_RUN)
         student.run_all()
         texts, images = student.outputs()
-        assert not errors(texts) and images == 3  # the worked example, the live figure, the two runs together
+        assert not errors(texts) and images == 4  # the schedule, the worked example, the live figure, both runs
         table = dict(line.split(None, 1) for line in texts[2].splitlines()[2:])
         assert {name: table[name] for name in TINY_RUN} == {
             **{name: str(value) for name, value in TINY_RUN.items()}, "modeldir": "../runs/lab"}
@@ -247,7 +247,7 @@ def test_03_run_all_again_and_after_a_restart_shows_the_same_run_and_other_param
     with student.step("03-run-all-again"):
         student.run_all()
         again = student.outputs()
-        assert not errors(again[0]) and again[1] == 3 and "Epoch 1 Loss" not in "".join(again[0])
+        assert not errors(again[0]) and again[1] == 4 and "Epoch 1 Loss" not in "".join(again[0])
         assert "../runs/lab holds a run of these same parameters: continuing it" in "".join(again[0])
         assert "has finished all 1 epochs; nothing to train." in "".join(again[0])
         assert [text for text in again[0] if "saved training_curves.png" in text] == [texts[-1]]
