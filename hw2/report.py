@@ -4,6 +4,7 @@ its paths, live output).
 Figures are matplotlib `Figure` objects made without pyplot, so nothing is drawn or kept behind the
 caller's back: a notebook shows one by leaving it as a cell's value, anyone can `fig.savefig(path)`.
 """
+import csv
 import math
 
 import numpy as np
@@ -234,6 +235,35 @@ def confused_pairs(confusion, classes=CLASSES, count=5):
     rows = [[classes[t], classes[p], int(wrong[t, p]), f"{wrong[t, p] / confusion[t].sum():.1%}"]
             for t, p in zip(*np.unravel_index(order, wrong.shape))]
     return format_table(["true", "predicted", "images", "of the true class"], rows, left=2)
+
+
+def confusion_summary(confusion, classes=CLASSES):
+    """Two lines on a confusion matrix: its largest count off the diagonal beside the same pair the other way
+    round, and the classes predicted right least and most often."""
+    confusion = np.asarray(confusion)
+    wrong = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    t, p = np.unravel_index(np.argmax(wrong), wrong.shape)
+    accuracy = np.diag(confusion) / confusion.sum(axis=1)
+    worst, best = np.argmin(accuracy), np.argmax(accuracy)
+    return (f"most confused: {classes[t]} called {classes[p]} {wrong[t, p]} times, "
+            f"{classes[p]} called {classes[t]} {wrong[p, t]} times\n"
+            f"right least often: {classes[worst]} ({accuracy[worst]:.1%}); "
+            f"most often: {classes[best]} ({accuracy[best]:.1%})")
+
+
+def write_confusion(path, confusion, classes=CLASSES):
+    """A confusion matrix as CSV: a header of the predicted classes, then a row per true class."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *classes[:len(confusion)]])
+        writer.writerows([name, *map(int, row)] for name, row in zip(classes, np.asarray(confusion)))
+
+
+def read_confusion(path):
+    """write_confusion's file -> (the confusion matrix, int [C, C]; the class names)."""
+    with open(path, newline="") as f:
+        header, *rows = csv.reader(f)
+    return np.array([[int(count) for count in row[1:]] for row in rows]), header[1:]
 
 
 def per_class_table(result, classes=CLASSES):

@@ -173,3 +173,17 @@ def test_smoothed_loss_floor_is_the_lowest_loss_that_label_smoothing_allows(smoo
     for other in (best * 2, best / 2, torch.randn(1, 10)):  # surer, less sure, anything: higher
         assert F.cross_entropy(other, torch.tensor([3]), label_smoothing=smoothing).item() > floor - 1e-6
     assert smoothing or floor == 0
+
+
+def test_confusion_summary_and_the_confusion_csv(tmp_path):
+    confusion = np.diag([90, 80, 70])
+    confusion[0, 1], confusion[1, 0], confusion[2, 0] = 5, 20, 10  # accuracies 94.7%, 80.0%, 87.5%
+    assert report.confusion_summary(confusion, ["cat", "dog", "frog"]).splitlines() == [
+        "most confused: dog called cat 20 times, cat called dog 5 times",
+        "right least often: dog (80.0%); most often: cat (94.7%)"]
+    report.write_confusion(tmp_path / "confusion.csv", torch.tensor(confusion), ["cat", "dog", "frog"])
+    assert (tmp_path / "confusion.csv").read_text().splitlines() == [
+        "true \\ predicted,cat,dog,frog", "cat,90,5,0", "dog,20,80,0", "frog,10,0,70"]
+    matrix, classes = report.read_confusion(tmp_path / "confusion.csv")
+    np.testing.assert_array_equal(matrix, confusion)
+    assert classes == ["cat", "dog", "frog"] and matrix.dtype.kind == "i"
