@@ -9,7 +9,7 @@
 # RUN is the run's folder, ../shared/runs/r20_he by default (model-90/140/182.ckpt, metrics.csv, train.log).
 # It is copied afresh to runs/r20_he (ignored by git), its training log as the log.txt that 03's session adds
 # to; the checkpoint of epoch 182 is tested with flip TTA first, so that 04's copy of test.csv has that row.
-# About 2 minutes on a 2-core CPU with AVX512-BF16 (dtype 'auto' evaluates in bfloat16 there, as the run was).
+# One to two minutes on a 2-core CPU with AVX512-BF16 (dtype 'auto' evaluates in bfloat16 there, as the run was).
 set -euo pipefail
 run=${1:-../shared/runs/r20_he}
 rm -rf runs/r20_he && mkdir -p runs && cp -r "$run" runs/r20_he && chmod -R u+w runs/r20_he

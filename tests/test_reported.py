@@ -19,7 +19,7 @@ import numpy as np
 from hw2.config import Config
 from hw2.data import CLASSES
 from hw2.models import BottleneckBlock, StandardBlock, count_parameters
-from hw2.report import read_confusion, steps_per_epoch
+from hw2.report import read_confusion, smoothed_loss_floor, steps_per_epoch
 from hw2.runs import read_config, read_metrics, read_tests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -376,3 +376,13 @@ def test_what_05_says_about_the_runs_holds():
     trained_on = {f"{50000 - read_config(REPORTS / run)['valid_size']:,}" for run in short}  # "all 50,000 images"
     reach = [str(int(min(short.values()))), str(int(max(short.values())))]  # "reach 85-86%"
     assert numbers(text) == [*trained_on, *reach, "80", str(len(he)), epochs("r20_5ep"), epochs("v2_size2")]
+
+
+def test_what_03_says_label_smoothing_does_to_the_losses_holds():
+    """"with smoothing the training loss ends above the validation loss (reports/fast30), not far below it as in
+    He et al.'s run", and above the lowest loss that smoothing allows."""
+    fast30, he = metrics("fast30/fast30_seed0")[-1], metrics("r20_he")[-1]
+    assert read_config(REPORTS / "fast30/fast30_seed0")["label_smoothing"] > 0 == read_config(REPORTS / "r20_he")[
+        "label_smoothing"]
+    assert fast30["train_loss"] > fast30["valid_loss"] and he["train_loss"] < he["valid_loss"] / 10
+    assert fast30["train_loss"] > smoothed_loss_floor(read_config(REPORTS / "fast30/fast30_seed0")["label_smoothing"])
