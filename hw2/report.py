@@ -4,6 +4,9 @@ its paths, live output).
 Figures are matplotlib `Figure` objects made without pyplot, so nothing is drawn or kept behind the
 caller's back: a notebook shows one by leaving it as a cell's value, anyone can `fig.savefig(path)`.
 """
+import csv
+import math
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -13,6 +16,9 @@ from hw2.data import CLASSES
 from hw2.models import SHORTCUTS, ResNet, count_parameters
 from hw2.modeldir import METRICS
 from hw2.runs import format_table
+from hw2.train import get_image_size, get_lr
+
+TRAINING_IMAGES = 50000  # CIFAR-10's five training batches, before the validation split
 
 # The CIFAR-10 networks He et al. report, by (resnet_version, resnet_size): name and published parameter
 # count ("Deep Residual Learning", Table 6; "Identity Mappings", Table 3).
@@ -118,6 +124,54 @@ def stage_shapes(model):
 
 # --- training -----------------------------------------------------------------------------------------
 
+def steps_per_epoch(config, images=TRAINING_IMAGES):
+    """The SGD steps in one epoch of `config` on one process: its training split (less valid_size, at most
+    train_subset) in whole batches, as hw2.augment.Loader deals them."""
+    images -= config.valid_size
+    if config.train_subset:
+        images = min(images, config.train_subset)
+    return images // config.batch_size
+
+
+def schedule(config):
+    """(progress, learning rate) at each step of `config`'s run, progress in epochs (epoch e, step s of n: e + s
+    / n), from hw2.train.get_lr, which the training loop calls before every step; and (epoch, training image
+    side) for each epoch from hw2.train.get_image_size. Each list ends at the end of the run, for a staircase."""
+    n = steps_per_epoch(config)
+    progress = [step / n for step in range(config.epochs * n)]
+    rates = [get_lr(p, config) for p in progress]
+    sizes = [get_image_size(epoch, config) for epoch in range(config.epochs)]
+    return (progress + [config.epochs], rates + rates[-1:]), (list(range(config.epochs + 1)), sizes + sizes[-1:])
+
+
+def schedule_figure(configs, title=""):
+    """Figure: for each of {name: Config}, a row with the learning rate at every step and the side of the
+    training images in each epoch (progressive resizing; 32 throughout without it), against the epochs trained."""
+    fig = Figure(figsize=(11, 2.3 * len(configs) + 0.4), layout="constrained")
+    fig.suptitle(title)
+    for (name, config), (rate, size) in zip(configs.items(), fig.subplots(len(configs), 2, squeeze=False)):
+        (progress, rates), (epochs, sizes) = schedule(config)
+        rate.plot(progress, rates, drawstyle="steps-post")
+        size.plot(epochs, sizes, drawstyle="steps-post", color="tab:green")
+        rate.set_title(f"{name}: learning rate at each step", fontsize=10)
+        size.set_title(f"{name}: training images (pixels a side)", fontsize=10)
+        rate.set_ylim(bottom=0)
+        size.set_ylim(0, SIZE + 4)
+        for ax in (rate, size):
+            ax.set_xlabel("epochs trained")
+            ax.grid(alpha=0.3)
+    return fig
+
+
+def smoothed_loss_floor(label_smoothing, num_classes=len(CLASSES)):
+    """The lowest cross-entropy that training with label smoothing can reach: the entropy of its targets,
+    1 - label_smoothing + label_smoothing / num_classes on the true class and label_smoothing / num_classes
+    on each other one (0 without smoothing)."""
+    other = label_smoothing / num_classes
+    true = 1 - label_smoothing + other
+    return sum(-p * math.log(p) for p in [true] + [other] * (num_classes - 1) if p > 0)
+
+
 def training_curves(metrics, title=""):
     """Figure: loss, accuracy and learning rate against epoch, from metric rows (validation absent when
     valid_size was 0)."""
@@ -182,6 +236,35 @@ def confused_pairs(confusion, classes=CLASSES, count=5):
     rows = [[classes[t], classes[p], int(wrong[t, p]), f"{wrong[t, p] / confusion[t].sum():.1%}"]
             for t, p in zip(*np.unravel_index(order, wrong.shape))]
     return format_table(["true", "predicted", "images", "of the true class"], rows, left=2)
+
+
+def confusion_summary(confusion, classes=CLASSES):
+    """Two lines on a confusion matrix: its largest count off the diagonal beside the same pair the other way
+    round, and the classes predicted right least and most often."""
+    confusion = np.asarray(confusion)
+    wrong = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    t, p = np.unravel_index(np.argmax(wrong), wrong.shape)
+    accuracy = np.diag(confusion) / confusion.sum(axis=1)
+    worst, best = np.argmin(accuracy), np.argmax(accuracy)
+    return (f"most confused: {classes[t]} called {classes[p]} {wrong[t, p]} times, "
+            f"{classes[p]} called {classes[t]} {wrong[p, t]} times\n"
+            f"right least often: {classes[worst]} ({accuracy[worst]:.1%}); "
+            f"most often: {classes[best]} ({accuracy[best]:.1%})")
+
+
+def write_confusion(path, confusion, classes=CLASSES):
+    """A confusion matrix as CSV: a header of the predicted classes, then a row per true class."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *classes[:len(confusion)]])
+        writer.writerows([name, *map(int, row)] for name, row in zip(classes, np.asarray(confusion)))
+
+
+def read_confusion(path):
+    """write_confusion's file -> (the confusion matrix, int [C, C]; the class names)."""
+    with open(path, newline="") as f:
+        header, *rows = csv.reader(f)
+    return np.array([[int(count) for count in row[1:]] for row in rows]), header[1:]
 
 
 def per_class_table(result, classes=CLASSES):

@@ -8,6 +8,7 @@ cells are notebooks/'s and papermill's injected-parameters cell. `python tests/t
 them again after a change to notebooks/03 or 04.
 """
 import ast
+import html
 import importlib.util
 import json
 import re
@@ -35,6 +36,12 @@ root_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(root_conftest)
 NOTEBOOKS = ROOT / "notebooks"
 GOLDEN = ROOT / "tests" / "notebooks"
+REPORTS = ROOT / "reports"
+# The report folders whose run's checkpoints are kept (../shared/runs/), each with the command that executes
+# today's notebooks 03 and 04 on it again, into the folder. The executed notebooks of other runs are labelled
+# as older versions by a first cell tagged OLDER.
+RERUN = {"r20_he": "bash benchmarks/report_r20_he.sh"}
+OLDER = "older-version"
 # 03 on its suggested first try (hw2.config.FIRST_TRY) for 2 epochs with a checkpoint each, the two that 04
 # tests; in runs/nbval, out of the way of a student's runs/try
 SMALL_RUN = {
@@ -143,9 +150,11 @@ def test_golden_copy_is_the_notebook_with_an_injected_cell(name):
 
 
 @pytest.mark.slow
-def test_pytest_nbval_as_typed_passes_twice_and_leaves_the_checkout_alone(tmp_path, real_data_dir):
+def test_pytest_nbval_as_typed_passes_on_all_then_on_one_notebook_and_leaves_the_checkout_alone(tmp_path,
+                                                                                                  real_data_dir):
     """`pytest --nbval` at the root of a fresh checkout (a copy: its notebooks, golden copies, reports and
-    conftest; hw2 linked): 01, 02 and 05 as committed, 03 and 04 on the small run; then once more."""
+    conftest; hw2 linked): 01, 02 and 05 as committed, 03 and 04 on the small run; then again on 04 alone, as a
+    student checks the notebook they changed (found, and the small run trained without 03)."""
     checkout = tmp_path / "hw2"
     for name in ["notebooks", "reports", "tests/notebooks"]:
         shutil.copytree(ROOT / name, checkout / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
@@ -155,12 +164,49 @@ def test_pytest_nbval_as_typed_passes_twice_and_leaves_the_checkout_alone(tmp_pa
     (checkout / "data").symlink_to(real_data_dir.resolve())
     files = lambda: sorted(path for path in checkout.rglob("*") if "__pycache__" not in path.parts)  # noqa: E731
     before = files()
-    for attempt in ("first", "second"):
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval"],
+    cells = {path.name: len(code(load(GOLDEN / path.name if path.name in SMALL_RUN else path)))
+             for path in NOTEBOOKS.glob("*.ipynb")}  # nbval's items: one per code cell
+    for notebooks, passed in (([], sum(cells.values())), (["notebooks/04_evaluate.ipynb"], cells["04_evaluate.ipynb"])):
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", *notebooks],
                                 cwd=checkout, capture_output=True, text=True)
-        assert result.returncode == 0, f"{attempt} run: " + result.stdout[-8000:] + result.stderr[-2000:]
-        assert " passed" in result.stdout and "notebooks/03_train.ipynb" not in result.stdout  # no failures
+        assert result.returncode == 0, f"pytest --nbval {notebooks}: " + result.stdout[-8000:] + result.stderr[-2000:]
+        assert f"\n{passed} passed in " in result.stdout, result.stdout[-2000:]  # every cell, none skipped
     assert files() == before
+
+
+def markdown_headings(notebook):
+    return [line.lstrip("#").replace("`", "").strip() for cell in notebook.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if line.startswith("#")]
+
+
+def hw2_imports(notebook):
+    """The `from hw2... import ...` statements of a notebook's code cells, as one source."""
+    sources = ["\n".join(line for line in cell.source.splitlines() if not line.startswith("%")) for cell in code(notebook)]
+    return "\n".join(ast.unparse(node) for source in sources for node in ast.walk(ast.parse(source))
+                     if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "hw2")
+
+
+@pytest.mark.parametrize("path", sorted(REPORTS.glob("*/0*.ipynb")), ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_an_executed_notebook_in_reports_is_todays_notebook_or_labelled_as_an_older_one(path):
+    """Today's notebook with papermill's parameters and its outputs, and its HTML export beside it; or, where the
+    run's checkpoints are gone, labelled by a first cell as an older version that today's hw2 cannot run."""
+    executed, folder = load(path), path.parent.name
+    shown = html.unescape(re.sub(r"<[^>]+>", "", path.with_suffix(".html").read_text()))  # the HTML's text
+    if folder in RERUN or not tagged(executed, OLDER):
+        rerun = f"run `{RERUN[folder]}`" if folder in RERUN else (
+            f"label it as older (a first markdown cell tagged {OLDER!r}) or execute it again")
+        assert cells(executed) == cells(load(NOTEBOOKS / path.name)), (
+            f"{path.relative_to(ROOT)} is not notebooks/{path.name} as it is now: {rerun}")
+        assert len(tagged(executed, "injected-parameters")) <= 1 and all(cell.execution_count for cell in code(executed))
+        missing = [heading for heading in markdown_headings(executed) if heading not in shown]
+        assert not missing, f"{path.with_suffix('.html').name} is not the export of {path.relative_to(ROOT)}: {rerun}"
+    else:
+        label = executed.cells[0]
+        assert tagged(executed, OLDER) == [label] and label.cell_type == "markdown"
+        assert label.source.startswith("**An older version of this notebook, kept as the record of its run.**")
+        assert "An older version of this notebook" in shown, f"export {path.relative_to(ROOT)} to HTML again"
+        with pytest.raises(ImportError):  # what the label says: today's hw2 cannot run it
+            exec(hw2_imports(executed), {})
 
 
 def test_what_01_says_about_the_data_holds(real_data_dir):

@@ -4,10 +4,13 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hw2 import report
+from hw2.config import FAST_RECIPE, Config
 from hw2.models import ResNet, count_parameters
 from hw2.modeldir import METRICS, read_metrics
+from hw2.train import _load_data
 from conftest import metric_rows
 
 matplotlib.use("Agg")
@@ -123,3 +126,63 @@ def test_confused_pairs_are_the_largest_counts_off_the_diagonal():
     confusion[0, 1], confusion[1, 0], confusion[2, 0] = 5, 20, 10
     lines = report.confused_pairs(torch.tensor(confusion), ["cat", "dog", "frog"], count=2).splitlines()
     assert [line.split() for line in lines[2:]] == [["dog", "cat", "20", "20.0%"], ["frog", "cat", "10", "12.5%"]]
+
+
+@pytest.mark.parametrize("changes", [dict(valid_size=30), dict(valid_size=30, batch_size=7),
+                                     dict(valid_size=0, train_subset=50), dict(valid_size=150, train_subset=100)])
+def test_steps_per_epoch_are_the_training_loaders_batches(cifar_dir, changes):
+    config = Config(data_dir=str(cifar_dir), **{"batch_size": 20, **changes})
+    loader, _ = _load_data(config, config.data_dir, 0, 1, "cpu")  # as training deals them (200 images in cifar_dir)
+    assert report.steps_per_epoch(config, images=200) == len(loader)
+
+
+def test_schedule_is_get_lr_at_every_step_and_get_image_size_in_every_epoch():
+    (progress, rates), (epochs, sizes) = report.schedule(Config())  # He et al.'s: 351 steps of 182 epochs
+    assert len(progress) == 182 * 351 + 1 and progress[351] == 1 and progress[-1] == 182
+    assert rates[:91 * 351] == [0.1] * (91 * 351) and rates[91 * 351] == pytest.approx(0.01)
+    assert rates[-1] == pytest.approx(0.001) and sizes == [32] * 183 and epochs == list(range(183))
+    (progress, rates), (epochs, sizes) = report.schedule(Config(**FAST_RECIPE))  # 390 steps of 16 epochs
+    assert rates[0] == 0 and rates[390] == pytest.approx(0.2) and rates[-1] < 1e-5  # warm-up, then cosine to 0
+    assert rates[195] == pytest.approx(0.1) and rates[int(8.5 * 390)] == pytest.approx(0.1)  # half way up, down
+    assert sizes == [16] * 3 + [20] * 3 + [24] * 3 + [28] * 3 + [32] * 5  # the last repeated, for the staircase
+
+
+def test_schedule_figure_draws_a_row_for_each_config():
+    configs = {"mine": Config(epochs=3, lr_milestones=[2], valid_size=0, batch_size=10000),
+               "fast": Config(**FAST_RECIPE)}
+    fig = report.schedule_figure(configs)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "mine: learning rate at each step", "mine: training images (pixels a side)",
+        "fast: learning rate at each step", "fast: training images (pixels a side)"]
+    rate, size = fig.axes[:2]
+    np.testing.assert_allclose(rate.lines[0].get_xydata(), [[0, 0.1], [0.2, 0.1], [0.4, 0.1], [0.6, 0.1], [0.8, 0.1],
+                                                           [1, 0.1], [1.2, 0.1], [1.4, 0.1], [1.6, 0.1], [1.8, 0.1],
+                                                           [2, 0.01], [2.2, 0.01], [2.4, 0.01], [2.6, 0.01],
+                                                           [2.8, 0.01], [3, 0.01]])
+    np.testing.assert_array_equal(size.lines[0].get_xydata(), [[0, 32], [1, 32], [2, 32], [3, 32]])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_smoothed_loss_floor_is_the_lowest_loss_that_label_smoothing_allows(smoothing):
+    target = torch.full((10,), smoothing / 10)
+    target[3] += 1 - smoothing
+    best = torch.log(target.clamp(min=1e-30))[None]  # logits whose softmax is the smoothed target itself
+    floor = report.smoothed_loss_floor(smoothing)
+    assert F.cross_entropy(best, torch.tensor([3]), label_smoothing=smoothing).item() == pytest.approx(floor, abs=1e-6)
+    for other in (best * 2, best / 2, torch.randn(1, 10)):  # surer, less sure, anything: higher
+        assert F.cross_entropy(other, torch.tensor([3]), label_smoothing=smoothing).item() > floor - 1e-6
+    assert smoothing or floor == 0
+
+
+def test_confusion_summary_and_the_confusion_csv(tmp_path):
+    confusion = np.diag([90, 80, 70])
+    confusion[0, 1], confusion[1, 0], confusion[2, 0] = 5, 20, 10  # accuracies 94.7%, 80.0%, 87.5%
+    assert report.confusion_summary(confusion, ["cat", "dog", "frog"]).splitlines() == [
+        "most confused: dog called cat 20 times, cat called dog 5 times",
+        "right least often: dog (80.0%); most often: cat (94.7%)"]
+    report.write_confusion(tmp_path / "confusion.csv", torch.tensor(confusion), ["cat", "dog", "frog"])
+    assert (tmp_path / "confusion.csv").read_text().splitlines() == [
+        "true \\ predicted,cat,dog,frog", "cat,90,5,0", "dog,20,80,0", "frog,10,0,70"]
+    matrix, classes = report.read_confusion(tmp_path / "confusion.csv")
+    np.testing.assert_array_equal(matrix, confusion)
+    assert classes == ["cat", "dog", "frog"] and matrix.dtype.kind == "i"
