@@ -23,10 +23,13 @@ NOTEBOOKS, GOLDEN = ROOT / "notebooks", ROOT / "tests" / "notebooks"
 
 
 def small_run_folder(folder):
-    """Lay `folder` out for 03 and 04's small run: the checkout's data/ and reports/r20_he/ (03's worked
-    example) linked in, and an empty reports/ otherwise; `folder` -> folder as a Path."""
+    """Lay `folder` out for 03 and 04's small run: the checkout's data/, reports/r20_he/ (03's worked example)
+    and notebooks/sample.png (04's picture) linked in, and an empty reports/ otherwise; `folder` -> folder as a
+    Path."""
     folder = Path(folder)
     (folder / "data").symlink_to(ROOT / "data")
+    (folder / "notebooks").mkdir()
+    (folder / "notebooks" / "sample.png").symlink_to(NOTEBOOKS / "sample.png")
     (folder / "reports").mkdir()
     (folder / "reports" / "r20_he").symlink_to(ROOT / "reports" / "r20_he")
     return folder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hw2.config import FIELDS, Config, help_text
+from hw2.config import FIELDS, Config, config_from, help_text
 from hw2.errors import NO_VALUE, ConfigError, Hw2Error
 from hw2.events import Lines
 from hw2.report import training_curves
@@ -69,21 +69,28 @@ def _show_in_parameter_words(shell, etype, value, tb, tb_offset=None):
     shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
-def cell_config(namespace, names=FIELDS):
+def cell_config(namespace, names=FIELDS, recipe=None):
     """Config from the variables a notebook's parameters cell sets: `names`, each of which must be in
-    `namespace`, so that a rerun starts from what the cell says."""
+    `namespace`, so that a rerun starts from what the cell says. With a recipe, the parameters the cell leaves at
+    their defaults take the recipe's values, as flags not given do on the command line (hw2.config.config_from);
+    those it sets otherwise, or that papermill injected (`-p epochs 182`), win."""
     missing = [name for name in names if name not in namespace]
     if missing:
         raise ConfigError(f"the parameters cell must set {missing}: run it (or Run All) again")
-    return Config(**{name: namespace[name] for name in names})
+    if recipe is None:
+        return Config(**{name: namespace[name] for name in names})
+    defaults, injected = dataclasses.asdict(Config()), injected_names(namespace.get("In", []))
+    return config_from(recipe, **{name: namespace[name] for name in names
+                                  if name in injected or namespace[name] != defaults[name]})
 
 
 def notebook_config(namespace, names=FIELDS, others=()):
-    """The Config a notebook's parameters cell sets: cell_config(namespace, names), with data_dir
-    and modeldir made relative to the project (in_project). `others` are the notebook's parameters that are
-    not Config fields; any other name that papermill injected (`-p resnet_sise 5`) is a ConfigError, where
-    it would otherwise be ignored. In a kernel, from then on hw2's messages name parameters as the parameters
-    cell does (parameter_words)."""
+    """The Config a notebook's parameters cell asks for (cell_config), as given: its relative paths are the
+    project's, which in_project spells from the kernel's folder where a cell uses them. `others` are the
+    notebook's parameters that are not Config fields, among them `recipe` where the notebook takes one; any
+    other name that papermill injected (`-p resnet_sise 5`) is a ConfigError, where it would otherwise be
+    ignored. In a kernel, from then on hw2's errors name parameters as the parameters cell does
+    (parameter_words)."""
     kernel = _kernel()
     if kernel is not None:
         kernel.shell.set_custom_exc((Hw2Error,), _show_in_parameter_words)
@@ -91,13 +98,12 @@ def notebook_config(namespace, names=FIELDS, others=()):
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not a parameter of this notebook; "
                           f"its parameters are {', '.join([*names, *others])}")
-    config = cell_config(namespace, names)
-    return dataclasses.replace(config, data_dir=in_project(config.data_dir), modeldir=in_project(config.checkpoint_dir))
+    return cell_config(namespace, names, namespace.get("recipe") if "recipe" in others else None)
 
 
 def report_dir(config):
     """Where the notebooks save a run's figures: reports/<modeldir's name>/ in the project, made when missing."""
-    folder = Path(in_project("reports")) / Path(config.modeldir).name
+    folder = Path(in_project("reports")) / config.checkpoint_dir.name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from hw2.augment import PAD, SIZE, pad_crop_flip
+from hw2.augment import PAD, SIZE, Loader, channel_stats, pad_crop_flip
 from hw2.data import CLASSES
 from hw2.models import SHORTCUTS, ResNet, count_parameters
 from hw2.modeldir import METRICS
@@ -56,11 +56,13 @@ def _show(ax, image, title=None):
         ax.set_title(title, fontsize=8)
 
 
-def sample_grid(x, y, per_class=8, classes=CLASSES, seed=0):
-    """Figure: one row per class of `per_class` images drawn at random from it."""
+def sample_grid(x, y, per_class=8, classes=CLASSES, seed=0, rows=10):
+    """Figure: one row per class (the first `rows` classes: all ten of CIFAR-10's) of `per_class` images drawn at
+    random from it."""
     rng = np.random.default_rng(seed)
-    fig = Figure(figsize=(per_class, len(classes) * 1.05), layout="constrained")
-    for c, row in enumerate(fig.subplots(len(classes), per_class, squeeze=False)):
+    shown = classes[:rows]
+    fig = Figure(figsize=(per_class, len(shown) * 1.05), layout="constrained")
+    for c, row in enumerate(fig.subplots(len(shown), per_class, squeeze=False)):
         chosen = rng.choice(np.flatnonzero(y == c), per_class, replace=False)
         for ax, image in zip(row, to_images(x[chosen])):
             _show(ax, image)
@@ -86,6 +88,26 @@ def augmentation_figure(x, count=4, seed=0):
         titles = ["original", f"padded by {PAD}", f"cropped at ({dy}, {dx})", "flipped"]
         for ax, step, title in zip(row, augmentation_steps(x[i], dy, dx), titles):
             _show(ax, step, title)
+    return fig
+
+
+def augmentation_options_figure(x, cutout=8, flip="alternate", count=4, epochs=3, seed=0):
+    """Figure: `count` images as the training Loader gives them in each of `epochs` epochs with these options
+    (hw2.config's cutout and flip): the crop and flip drawn anew each epoch, the Cutout square set to the mean
+    (normalised to 0; drawn back in pixels, so it shows as the mean colour), and with flip 'alternate' each image
+    mirrored in every other epoch. The Loader itself draws them, so this is exactly what training sees."""
+    chosen = np.random.default_rng(seed).choice(len(x), count, replace=False)
+    mean, std = channel_stats(x)
+    loader = Loader(x[chosen], np.arange(count), count, (mean, std), "cpu", training=True, seed=seed, cutout=cutout,
+                    flip=flip)
+    fig = Figure(figsize=(1.6 * epochs, 1.6 * count), layout="constrained")
+    fig.suptitle(f"cutout {cutout}, flip '{flip}'")
+    axes = fig.subplots(count, epochs, squeeze=False)
+    for epoch in range(epochs):
+        [(_, images, labels)] = loader.batches(epoch)
+        pixels = (images * loader.std + loader.mean).round().clamp(0, 255).to(torch.uint8)  # back from normalised
+        for image, i in zip(pixels, labels.tolist()):
+            _show(axes[i, epoch], image.permute(1, 2, 0).numpy(), f"epoch {epoch + 1}")
     return fig
 
 
@@ -276,19 +298,22 @@ def per_class_table(result, classes=CLASSES):
 
 
 def confusion_figure(confusion, classes=CLASSES, title=""):
-    """Figure: the confusion matrix (rows: true class, columns: predicted), counts written in."""
+    """Figure: the confusion matrix (rows: true class, columns: predicted), counts written in up to 20 classes;
+    CIFAR-100's 100 x 100 is drawn as shades alone, with its names small (confused_pairs names its largest
+    counts)."""
     confusion = np.asarray(confusion)
-    classes = classes[:len(confusion)]
-    fig = Figure(figsize=(7, 6), layout="constrained")
+    classes, written = classes[:len(confusion)], len(confusion) <= 20
+    fig = Figure(figsize=(7, 6) if written else (12, 11), layout="constrained")
     fig.suptitle(title)
     ax = fig.subplots()
     shown = ax.imshow(confusion, cmap="Blues")
     fig.colorbar(shown, ax=ax)
-    for (i, j), count in np.ndenumerate(confusion):
+    for (i, j), count in np.ndenumerate(confusion if written else []):
         ax.text(j, i, count, ha="center", va="center", fontsize=7,
                 color="white" if count > confusion.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    size = 10 if written else 5
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if written else 90, ha="right", fontsize=size)
+    ax.set_yticks(range(len(classes)), classes, fontsize=size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     return fig
@@ -307,4 +332,20 @@ def misclassified_figure(x, y, predicted, classes=CLASSES, count=24, columns=8, 
     for ax, i in zip(axes, wrong):
         _show(ax, to_images(x[i:i + 1])[0], f"true {classes[y[i]]}\npred {classes[predicted[i]]}")
         ax.set_axis_on()
+    return fig
+
+
+def picture_figure(picture, guesses, title=""):
+    """Figure: a picture as the network sees it (uint8 [3072], hw2.images.read_image's 32x32) beside its most
+    probable classes as bars (hw2.evaluate.classify's Guess list, most probable first)."""
+    fig = Figure(figsize=(8, 2.6), layout="constrained")
+    fig.suptitle(title)
+    image_ax, bars = fig.subplots(1, 2, width_ratios=[1, 2])
+    _show(image_ax, to_images(picture[None])[0], "32x32, as the network sees it")
+    names, probabilities = [g.name for g in guesses][::-1], [g.probability for g in guesses][::-1]
+    bars.barh(names, probabilities, color="tab:blue")
+    for y, p in enumerate(probabilities):
+        bars.text(p, y, f" {p:.1%}", va="center", fontsize=8)
+    bars.set_xlim(0, 1.15)
+    bars.set_xlabel("probability")
     return fig

@@ -9,6 +9,7 @@ in the system's temporary folder; a failed step's is FAILED-<step>.png, and the 
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -213,7 +214,7 @@ def test_01_data_runs_all_with_an_edit(student):
         student.edit(valid_size=10000)
         student.run_all()
         texts, images = student.outputs()
-        assert not errors(texts) and images == 2
+        assert not errors(texts) and images == 3  # samples, augmentation, its options
         assert "train 40000, validation 10000, test 10000" in "".join(texts)
         student.show("validation 10000")
 
@@ -244,10 +245,10 @@ def test_03_run_all_again_and_after_a_restart_shows_the_same_run_and_other_param
         assert not errors(texts) and images == 4  # the schedule, the worked example, the live figure, both runs
         table = dict(line.split(None, 1) for line in texts[2].splitlines()[2:])
         assert {name: table[name] for name in TINY_RUN} == {
-            **{name: str(value) for name, value in TINY_RUN.items()}, "modeldir": "../runs/lab"}
+            **{name: str(value) for name, value in TINY_RUN.items()}}  # as the cell gives them: paths too
         [trained] = [text for text in texts if "Epoch 1 Loss" in text]
         assert "Epoch 2" not in trained
-        assert sorted(path.name for path in modeldir.glob("*.ckpt")) == ["model-1.ckpt"]
+        assert sorted(path.name for path in modeldir.glob("*.ckpt")) == ["model-1.ckpt", "model-best.ckpt"]
         student.show("Epoch 1 Loss")
     with student.step("03-run-all-again"):
         student.run_all()
@@ -260,7 +261,7 @@ def test_03_run_all_again_and_after_a_restart_shows_the_same_run_and_other_param
     with student.step("03-restart-and-run-all"):
         student.restart_and_run_all()
         assert student.outputs() == again
-        assert sorted(path.name for path in modeldir.glob("*.ckpt")) == ["model-1.ckpt"]
+        assert sorted(path.name for path in modeldir.glob("*.ckpt")) == ["model-1.ckpt", "model-best.ckpt"]
     with student.step("03-other-parameters-are-refused-in-one-line"):
         student.edit(epochs=2)
         student.run_all()
@@ -287,8 +288,9 @@ def test_04_says_what_to_set_without_checkpoints_and_evaluates_the_run(student):
         student.edit(modeldir=TINY_RUN["modeldir"])
         student.run_all()
         texts, images = student.outputs()
-        assert not errors(texts) and images == 2
+        assert not errors(texts) and images == 3  # confusion matrix, misclassified images, your picture's classes
         assert "Restored model parameters from ../runs/lab/model-1.ckpt\nTest accuracy: 0." in "".join(texts)
+        assert len(re.findall(r"\w+ \d+\.\d%", [text for text in texts if "%, " in text][-1])) == 5  # 5 classes
         student.show("Test accuracy")
 
 

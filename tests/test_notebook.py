@@ -45,15 +45,16 @@ def test_relative_paths_name_the_same_place_from_any_folder(checkout, monkeypatc
     assert notebook.in_project(checkout / "elsewhere") == str(checkout / "elsewhere")  # an absolute path as it is
 
 
-def test_notebook_config_reads_the_named_parameters_on_every_run(checkout):
+def test_notebook_config_reads_the_named_parameters_on_every_run_as_given(checkout):
+    """The Config is the request as the cell gives it; the project's paths are in_project's, where cells use them."""
     names = ["resnet_version", "modeldir", "data_dir"]
     namespace = {"resnet_version": 2, "modeldir": "runs/a", "data_dir": "data", "config": "an earlier run's"}
     config = notebook.notebook_config(namespace, names)
-    assert (config.resnet_version, config.modeldir, config.data_dir) == (2, os.path.join("..", "runs", "a"),
-                                                                         os.path.join("..", "data"))
+    assert (config.resnet_version, config.modeldir, config.data_dir) == (2, "runs/a", "data")
+    assert notebook.in_project(config.checkpoint_dir) == os.path.join("..", "runs", "a")  # from notebooks/
     assert notebook.notebook_config(namespace, names) == config  # a second Run All: the same
     default = notebook.notebook_config({"resnet_version": 2, "modeldir": ""}, ["resnet_version", "modeldir"])
-    assert default.modeldir == os.path.join("..", "model_v2")
+    assert notebook.in_project(default.checkpoint_dir) == os.path.join("..", "model_v2")
 
 
 def test_notebook_config_refuses_a_name_papermill_injected_that_it_does_not_take(checkout):

@@ -24,7 +24,7 @@ import papermill
 import pytest
 
 from hw2.augment import channel_stats
-from hw2.config import FIRST_TRY, Config
+from hw2.config import FIRST_TRY, Config, config_from
 from hw2.data import load_data, train_valid_split
 from hw2.errors import ConfigError
 from hw2.notebook import FIELDS, cell_config, notebook_config, parameter_lines
@@ -104,9 +104,21 @@ def test_parameters_cell_is_what_the_config_cell_reads_with_config_defaults_and_
     assert lines[:len(names)] == parameter_lines(names), f"paste in: print('\\n'.join(parameter_lines({names})))"
 
 
-def test_training_notebook_takes_every_config_field():
+def test_training_notebook_takes_every_config_field_and_a_recipe():
     assigned, names, others = parameter_names(load(NOTEBOOKS / "03_train.ipynb"))
-    assert names == FIELDS and not others
+    assert names == FIELDS and others == ["recipe"]
+
+
+def test_a_recipe_in_a_notebook_is_what_it_is_on_the_command_line(tmp_path):
+    """papermill's `-p recipe fast60 -p seed 1`, or the cell edited so, trains what `--recipe fast60 --seed 1` does:
+    the recipe's values for the parameters left at their defaults, the ones set otherwise winning."""
+    notebook, cell = injected("03_train.ipynb", {"recipe": "fast60", "seed": 1, "epochs": 182}, tmp_path)
+    namespace = {"In": ["", cell.source]}
+    for source in (tagged(notebook, "parameters")[0].source, cell.source):
+        exec(source, namespace)
+    assert notebook_config(namespace, others=["recipe"]) == config_from("fast60", seed=1, epochs=182)  # injected wins
+    namespace.update(In=[""], epochs=182, weight_decay=1e-3)  # as edited in JupyterLab: epochs left at the default
+    assert notebook_config(namespace, others=["recipe"]) == config_from("fast60", seed=1, weight_decay=1e-3)
 
 
 def injected(name, parameters, folder):
