@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from hw2.bench import processor
+from hw2.runtime import processor
 from hw2.checkpoint import Checkpoint
 from hw2.data import load_data, train_valid_split
 from hw2.evaluate import evaluate

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hw2.bench import processor
+from hw2.runtime import processor
 from hw2.errors import Hw2Error, flag_words
 from hw2.report import compare_curves
 from hw2.runs import seed_results

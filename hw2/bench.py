@@ -29,7 +29,6 @@ AVX512-BF16 EPYC); it is meant for GPUs before compute capability 8.0 (a Colab T
 """
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ from hw2.data import BATCH_DIR, data_label, load_data
 from hw2.errors import Hw2Error, flag_words
 from hw2.evaluate import evaluate, fold_batchnorm
 from hw2.models import ResNet
-from hw2.runtime import DTYPES, grad_scaler, resolve_device, resolve_dtype, use_fastest_kernels
+from hw2.runtime import DTYPES, grad_scaler, processor, resolve_device, resolve_dtype, use_fastest_kernels
 from hw2.train import make_optimizer, train_step
 
 
@@ -116,23 +115,6 @@ def matmul_gflops(device, dtype, seconds=0.2, largest=8192, tries=5):
             best = min(timed(three, device) for _ in range(tries)) / 3
             return n, 2 * n ** 3 / best / 1e9
         n *= 2
-
-
-def cpu_name():
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return names[0] if names else platform.machine()
-
-
-def processor(device):
-    """What runs the networks, and whether it has native bfloat16 (what dtype auto goes by)."""
-    native_bf16 = resolve_dtype("auto", device) == torch.bfloat16
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return {"processor": torch.cuda.get_device_name(device), "cuda_capability": f"{major}.{minor}",
-                "native_bfloat16": native_bf16, "host_cpu": cpu_name(), "cuda": torch.version.cuda}
-    return {"processor": cpu_name(), "native_bfloat16": native_bf16}
 
 
 def peak_memory_mib(device):

@@ -1,6 +1,7 @@
 """Where and in what precision the networks run: the platform's ways (Windows or Unix), device and dtype
 choice, autocast, the float16 loss scaler."""
 import contextlib
+import platform
 import re
 import shutil
 import signal
@@ -120,3 +121,20 @@ def grad_scaler(device, dtype):
     has float32's range)."""
     return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
+
+def cpu_name():
+    """The CPU's model name (Linux's /proc/cpuinfo), or the machine's architecture where it does not say."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.machine()
+
+
+def processor(device):
+    """What runs the networks, and whether it has native bfloat16 (what dtype auto goes by)."""
+    native_bf16 = resolve_dtype("auto", device) == torch.bfloat16
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return {"processor": torch.cuda.get_device_name(device), "cuda_capability": f"{major}.{minor}",
+                "native_bfloat16": native_bf16, "host_cpu": cpu_name(), "cuda": torch.version.cuda}
+    return {"processor": cpu_name(), "native_bfloat16": native_bf16}

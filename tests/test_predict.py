@@ -4,6 +4,7 @@ JSON document), names each file it cannot read in one line, and predicts the oth
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,16 @@ def test_predict_of_a_folder_without_pictures_is_an_error_for_that_folder(pictur
     out, err = capsys.readouterr()
     assert err.startswith(f"error: {tmp_path / 'empty'} is a folder with no picture files in it (")
     assert out.splitlines()[1] == str(good[1])
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SHARED_R20_HE = README.parent.parent / "shared" / "runs" / "r20_he"
+
+
+@pytest.mark.skipif(not (SHARED_R20_HE / "model-182.ckpt").exists(), reason="r20_he's checkpoints are not here")
+def test_the_readmes_example_is_what_predict_prints_for_r20_he(capsys, monkeypatch):
+    block = README.read_text().split("$ python -m hw2 predict notebooks/sample.png ", 1)[1].split("```")[0]
+    flags, *printed = block.strip().splitlines()
+    monkeypatch.chdir(README.parent)
+    assert cli.main(["predict", "notebooks/sample.png", *flags.split()]) == 0
+    assert capsys.readouterr().out.splitlines() == printed
