@@ -1,6 +1,6 @@
 """`pytest --nbval` checks the notebooks, and only them: 01, 02 and 05 against their committed outputs, 03
 and 04, whose defaults train for hours, as tests/notebooks/ holds them (papermill's run of them on a small
-training run, tests/test_notebooks.py's SMALL_RUN). Those two run in a scratch folder laid out as a project
+training run, tests/test_notebooks.py's NBVAL_RUNS). Those two run in a scratch folder laid out as a project
 (small_run_folder), so that their modeldir starts empty on every run and nothing is written into the checkout.
 It works the same at the repository's root, on `pytest --nbval notebooks/` and on one notebook, e.g.
 `pytest --nbval notebooks/04_evaluate.ipynb`: 04 without 03 first trains the small run that 03 would have.

@@ -70,8 +70,9 @@ def augment_batch(images, generator, flip=None):
 
 def cutout(images, size, generator):
     """Normalised float [B, 3, 32, 32] -> the same tensor, its memory format kept, with one size x size square of
-    each image set to 0 in place, the data's mean (DeVries & Taylor 2017). The square's centre is drawn uniformly over the whole image, so near an edge
-    part of it falls outside and less is cut: as the paper does, so that border pixels are cut as often as others."""
+    each image set to 0 in place, the data's mean (DeVries & Taylor 2017). The square's centre is drawn uniformly
+    over the whole image, so near an edge part of it falls outside and less is cut: as the paper does, so that
+    border pixels are cut as often as others."""
     n = len(images)
     centres = torch.randint(0, SIZE, (2, n), generator=generator, device=generator.device).to(images.device)
     start = (centres - size // 2)[:, :, None]                        # [2 (row, column), B, 1]

@@ -95,8 +95,8 @@ def check_architecture(checkpoint, expected, path):
         expected = {k: getattr(expected, k) for k in (*ARCHITECTURE, "dataset")}
     saved = checkpoint.config
     if "dataset" in expected and saved["dataset"] != expected["dataset"]:
-        raise CheckpointError(f"{path} was trained on {saved['dataset']} ({saved['num_classes']} classes) and cannot be "
-                              f"tested on {expected['dataset']}: use {field('dataset', saved['dataset'])}, or a "
+        raise CheckpointError(f"{path} was trained on {saved['dataset']} ({saved['num_classes']} classes) and cannot "
+                              f"be tested on {expected['dataset']}: use {field('dataset', saved['dataset'])}, or a "
                               f"checkpoint of a run on {expected['dataset']}")
     wrong = {k: v for k, v in expected.items() if k != "dataset" and saved[k] != v}
     if wrong:

@@ -337,7 +337,8 @@ def _train(config, modeldir, data_dir, resume, process, report):
             stopped_at = _run_steps(step, state, loader, epoch, totals, stop, (config, modeldir, world, dtype), report)
             if stopped_at is not None:
                 state.epoch, state.step, state.partial = epoch, stopped_at, totals.partial()
-                raise Interrupted(stop.signum or signal.SIGTERM, _save(modeldir, state, config, loader) if main else None)
+                path = _save(modeldir, state, config, loader) if main else None  # the main process writes it
+                raise Interrupted(stop.signum or signal.SIGTERM, path)
             skipped = check_finite(totals, epoch, config.on_nan, modeldir)
             train_loss, train_acc = totals.means(world)
             row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], "train_loss": train_loss,

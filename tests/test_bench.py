@@ -127,7 +127,8 @@ def test_random_images_stand_in_when_there_is_no_cifar(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [(["--windows", "0"], "--windows must be >= 1"),
-                                           (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'"),
+                                           (["--device", "tpu"],
+                                            "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'"),
                                            (["--dtype", "float8"], "invalid choice: 'float8'")])
 def test_bad_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit:

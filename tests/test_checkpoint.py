@@ -196,7 +196,8 @@ def test_a_file_that_is_not_an_hw2_checkpoint_says_so_and_never_suggests_unsafe_
 
 
 def test_a_checkpoint_saved_loads_back_with_every_field(tmp_path):
-    fields = {"model": {"w": torch.arange(3.0)}, "config": {"resnet_size": 2, "shortcut": "identity", "dataset": "cifar10"},
+    fields = {"model": {"w": torch.arange(3.0)},
+              "config": {"resnet_size": 2, "shortcut": "identity", "dataset": "cifar10"},
               "mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7], "epoch": 3, "step": 7,
               "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]},
               "scaler": {"scale": 1024.0, "_growth_tracker": 5}, "metrics": [{"epoch": 1, "lr": 0.1}],
@@ -222,7 +223,8 @@ def test_an_old_checkpoint_loads_with_defaults_for_what_it_lacks(tmp_path):
                 "mean": [120.0] * 3, "std": [60.0] * 3, "epoch": 2, "step": 0, "optimizer": {"state": {}},
                 "metrics": [{"epoch": 1}, {"epoch": 2}], "rng": {"torch": torch.get_rng_state()}}, path)
     checkpoint = Checkpoint.load(path)
-    assert checkpoint.config == {"resnet_version": 1, "resnet_size": 1, "shortcut": "projection", "dataset": "cifar10"}
+    assert checkpoint.config == {"resnet_version": 1, "resnet_size": 1, "shortcut": "projection",
+                                 "dataset": "cifar10"}
     assert (checkpoint.epoch, checkpoint.metrics) == (2, [{"epoch": 1}, {"epoch": 2}])
     assert (checkpoint.scaler, checkpoint.partial, checkpoint.source, checkpoint.average) == ({}, {}, {}, {})
     assert torch.equal(checkpoint.model["w"], torch.ones(2))

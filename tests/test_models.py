@@ -119,7 +119,8 @@ def test_identity_shortcut_subsamples_and_pads_half_the_new_channels_on_each_sid
 
 
 def test_identity_shortcut_is_version_1s_only():
-    with pytest.raises(ValueError, match=r"shortcut must be 'projection' for resnet_version 2 \(zero padding is version 1's option\)"):
+    with pytest.raises(ValueError, match=r"shortcut must be 'projection' for resnet_version 2 \(zero padding is "
+                                         r"version 1's option\)"):
         ResNet(2, 1, shortcut="identity")
     with pytest.raises(ConfigError, match="shortcut must be 'projection' for resnet_version 2"):
         Config(resnet_version=2, shortcut="identity")

@@ -3,7 +3,7 @@ nbval re-runs them against committed outputs.
 
 notebooks/01 and 02 are committed as run at their defaults (`jupyter nbconvert --to notebook --execute
 --inplace --ExecutePreprocessor.record_timing=False`), 03 and 04, whose defaults train for hours, without
-outputs. tests/notebooks/ holds 03 and 04 as papermill runs them on a small training run (SMALL_RUN); their
+outputs. tests/notebooks/ holds 03 and 04 as papermill runs them on a small training run (NBVAL_RUNS); their
 cells are notebooks/'s and papermill's injected-parameters cell. `python tests/test_notebooks.py` writes
 them again after a change to notebooks/03 or 04.
 """
@@ -44,7 +44,7 @@ RERUN = {"r20_he": "bash benchmarks/report_r20_he.sh"}
 OLDER = "older-version"
 # 03 on its suggested first try (hw2.config.FIRST_TRY) for 2 epochs with a checkpoint each, the two that 04
 # tests; in runs/nbval, out of the way of a student's runs/try
-SMALL_RUN = {
+NBVAL_RUNS = {
     "03_train.ipynb": {**FIRST_TRY, "epochs": 2, "save_interval": 1, "modeldir": "runs/nbval"},
     "04_evaluate.ipynb": dict(modeldir="runs/nbval", checkpoints=[1, 2]),
 }
@@ -154,7 +154,7 @@ def test_the_first_try_that_03_suggests_is_the_shared_small_run():
     assert {name: ast.literal_eval(value) for name, value in suggested} == FIRST_TRY
 
 
-@pytest.mark.parametrize("name", sorted(SMALL_RUN))
+@pytest.mark.parametrize("name", sorted(NBVAL_RUNS))
 def test_golden_copy_is_the_notebook_with_an_injected_cell(name):
     golden = load(GOLDEN / name)
     assert len(tagged(golden, "injected-parameters")) == 1
@@ -176,7 +176,7 @@ def test_pytest_nbval_as_typed_passes_on_all_then_on_one_notebook_and_leaves_the
     (checkout / "data").symlink_to(real_data_dir.resolve())
     files = lambda: sorted(path for path in checkout.rglob("*") if "__pycache__" not in path.parts)  # noqa: E731
     before = files()
-    cells = {path.name: len(code(load(GOLDEN / path.name if path.name in SMALL_RUN else path)))
+    cells = {path.name: len(code(load(GOLDEN / path.name if path.name in NBVAL_RUNS else path)))
              for path in NOTEBOOKS.glob("*.ipynb")}  # nbval's items: one per code cell
     for notebooks, passed in (([], sum(cells.values())), (["notebooks/04_evaluate.ipynb"], cells["04_evaluate.ipynb"])):
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", *notebooks],
@@ -193,7 +193,8 @@ def markdown_headings(notebook):
 
 def hw2_imports(notebook):
     """The `from hw2... import ...` statements of a notebook's code cells, as one source."""
-    sources = ["\n".join(line for line in cell.source.splitlines() if not line.startswith("%")) for cell in code(notebook)]
+    sources = ["\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+               for cell in code(notebook)]
     return "\n".join(ast.unparse(node) for source in sources for node in ast.walk(ast.parse(source))
                      if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "hw2")
 
@@ -209,7 +210,8 @@ def test_an_executed_notebook_in_reports_is_todays_notebook_or_labelled_as_an_ol
             f"label it as older (a first markdown cell tagged {OLDER!r}) or execute it again")
         assert cells(executed) == cells(load(NOTEBOOKS / path.name)), (
             f"{path.relative_to(ROOT)} is not notebooks/{path.name} as it is now: {rerun}")
-        assert len(tagged(executed, "injected-parameters")) <= 1 and all(cell.execution_count for cell in code(executed))
+        assert len(tagged(executed, "injected-parameters")) <= 1
+        assert all(cell.execution_count for cell in code(executed))
         missing = [heading for heading in markdown_headings(executed) if heading not in shown]
         assert not missing, f"{path.with_suffix('.html').name} is not the export of {path.relative_to(ROOT)}: {rerun}"
     else:
@@ -231,11 +233,11 @@ def test_what_01_says_about_the_data_holds(real_data_dir):
 
 
 def write_golden_copies():
-    """Run notebooks/03 and 04 on SMALL_RUN in a scratch folder and keep them, less papermill's timings, as
+    """Run notebooks/03 and 04 on NBVAL_RUNS in a scratch folder and keep them, less papermill's timings, as
     tests/notebooks/."""
     with tempfile.TemporaryDirectory() as scratch:
         root_conftest.small_run_folder(scratch)  # as `pytest --nbval` runs them
-        for name, parameters in SMALL_RUN.items():
+        for name, parameters in NBVAL_RUNS.items():
             out = Path(scratch) / name
             papermill.execute_notebook(NOTEBOOKS / name, out, parameters, cwd=scratch, progress_bar=False)
             notebook = json.loads(out.read_text())
