@@ -44,7 +44,8 @@ from hw2.errors import Hw2Error, flag_words
 from hw2.evaluate import evaluate, fold_batchnorm
 from hw2.models import ResNet
 from hw2.runtime import DTYPES, grad_scaler, processor, resolve_device, resolve_dtype, use_fastest_kernels
-from hw2.train import make_optimizer, train_step
+from hw2.state import make_optimizer
+from hw2.train import train_step
 
 
 def sync(device):

@@ -17,7 +17,7 @@ from hw2.models import ARCHITECTURE
 
 @dataclasses.dataclass
 class Checkpoint:
-    """One checkpoint: what training saves and resumes from (a training state's state_dict, hw2.train.TrainingState,
+    """One checkpoint: what training saves and resumes from (a training state's state_dict, hw2.state.TrainingState,
     with the run's config and normalisation), evaluation restores and import writes."""
     model: dict  # the network's state_dict
     config: dict  # the run's Config as a dict (dataclasses.asdict), which says what network `model` is
@@ -28,7 +28,7 @@ class Checkpoint:
     optimizer: dict = dataclasses.field(default_factory=dict)  # SGD's state_dict; empty for an imported network
     scaler: dict = dataclasses.field(default_factory=dict)  # float16's GradScaler state_dict; empty otherwise
     metrics: list = dataclasses.field(default_factory=list)  # one row per epoch done (hw2.modeldir.METRICS)
-    partial: dict = dataclasses.field(default_factory=dict)  # a stopped epoch's running totals (train.EpochTotals)
+    partial: dict = dataclasses.field(default_factory=dict)  # a stopped epoch's running totals (hw2.state.EpochTotals)
     average: dict = dataclasses.field(default_factory=dict)  # the weights' moving average (ema_decay), a state_dict
     # of the network that evaluation uses in place of `model`; empty without one
     source: dict = dataclasses.field(default_factory=dict)  # an imported network's file, sha256, layout (published)

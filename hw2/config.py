@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from hw2.data import DATASETS, dataset_spec
+from hw2.data import dataset_spec
 from hw2.errors import ConfigError, field
 from hw2.models import architecture_problems
 from hw2.runtime import parse_device

@@ -10,7 +10,8 @@ from hw2.checkpoint import Checkpoint
 from hw2.errors import Interrupted
 from hw2.evaluate import restore
 from hw2.models import ResNet
-from hw2.train import WeightAverage, _StopRequests, train
+from hw2.state import WeightAverage
+from hw2.train import _StopRequests, train
 
 
 def test_the_average_moves_toward_the_weights_by_one_minus_the_warmed_up_decay():

@@ -64,8 +64,12 @@ def uninterrupted(cifar_dir, tmp_path_factory):
 
 
 def assert_same_run(modeldir, reference):
+    """The same last weights, metrics and best checkpoint (model-best.ckpt: its epoch and weights) as `reference`."""
     a, b = (Checkpoint.load(folder / f"model-{EPOCHS}.ckpt").model for folder in (modeldir, reference))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    best, reference_best = (Checkpoint.load(folder / "model-best.ckpt") for folder in (modeldir, reference))
+    assert best.epoch == reference_best.epoch and all(torch.equal(best.model[k], v)
+                                                      for k, v in reference_best.model.items())
     rows, expected = read_metrics(modeldir / "metrics.csv"), read_metrics(reference / "metrics.csv")
     assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
     # a resumed epoch sums its loss in two parts: equal up to rounding

@@ -18,11 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-import hw2.train
+import hw2.state
 from hw2 import runtime
 from hw2.checkpoint import Checkpoint
 from hw2.models import ResNet
-from hw2.train import _StopRequests, make_optimizer, train_step
+from hw2.state import make_optimizer
+from hw2.train import _StopRequests, train_step
 from hw2.modeldir import ModeldirLock, list_checkpoints
 from test_import import write_published
 
@@ -162,7 +163,7 @@ def test_windows_stops_on_ctrl_c_and_ctrl_break_and_leaves_sigterm_alone(monkeyp
 
 
 def test_where_fused_sgd_cannot_skip_as_on_mps_the_plain_optimizer_skips_a_nonfinite_step(monkeypatch):
-    monkeypatch.setattr(hw2.train, "fused_sgd_can_skip", lambda device: False)
+    monkeypatch.setattr(hw2.state, "fused_sgd_can_skip", lambda device: False)
     torch.manual_seed(0)
     model = ResNet(1, 1, 10, 8)
     optimizer = make_optimizer(model, learning_rate=0.1)

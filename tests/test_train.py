@@ -17,7 +17,8 @@ from hw2.events import Lines
 from hw2.models import ResNet
 from hw2.notebook import NotebookReport, cell_config, parameter_words
 from hw2.runtime import grad_scaler
-from hw2.train import _start_processes, _StopRequests, get_image_size, get_lr, make_optimizer, train, train_step
+from hw2.state import make_optimizer
+from hw2.train import _start_processes, _StopRequests, get_image_size, get_lr, train, train_step
 from hw2.modeldir import METRICS, list_checkpoints, read_metrics, run_differences
 
 
@@ -90,7 +91,7 @@ def test_train_writes_checkpoints_metrics_and_the_epoch_line(cifar_dir, tmp_path
 
 
 def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_path, monkeypatch):
-    import hw2.train
+    import hw2.state
     sizes = []
 
     class Recording(ResNet):
@@ -99,7 +100,7 @@ def test_progressive_resizing_trains_on_smaller_images_then_32(cifar_dir, tmp_pa
                 sizes.append(tuple(x.shape[2:]))
             return super().forward(x)
 
-    monkeypatch.setattr(hw2.train, "build_network", lambda c: Recording(1, c.resnet_size, 10, c.first_num_filters))
+    monkeypatch.setattr(hw2.state, "build_network", lambda c: Recording(1, c.resnet_size, 10, c.first_num_filters))
     _, metrics = train(small_config(cifar_dir, tmp_path, resize_fraction=0.5, min_image_size=16))
     assert sizes == [(16, 16)] * 8 + [(24, 24)] * 8 + [(32, 32)] * 8  # 160 images, batch 20
     assert all(math.isfinite(row["train_loss"]) for row in metrics)
