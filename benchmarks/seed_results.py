@@ -40,8 +40,11 @@ for seed, folder in zip(results["seeds"], folders):
     curves[f"seed {seed}"] = read_metrics(Path(folder) / METRICS_FILE)
 compare_curves(curves, f"{name}: ResNet-20, CIFAR-10 (JPEG stand-in)").savefig(out / "training_curves.png", dpi=80)
 for what in ("test_accuracy", "test_accuracy_tta", "valid_accuracy"):
-    std = results[what + "_std"]
-    print(f"{what:18} {100 * results[what + '_mean']:.2f}%" + (f" +- {100 * std:.2f}" if std is not None else "")
+    mean, std = results[what + "_mean"], results[what + "_std"]
+    if mean is None:
+        print(f"{what:18} - (no validation split)")
+        continue
+    print(f"{what:18} {100 * mean:.2f}%" + (f" +- {100 * std:.2f}" if std is not None else "")
           + "  seeds: " + " ".join(f"{100 * v:.2f}" for v in results[what]))
 print(f"{len(folders)} seeds, {results['epochs']} epochs, {results['processor']}, {results['dtype']}; "
       f"written to {out}/")

@@ -126,10 +126,11 @@ def seed_results(folders, recipe_name, processor):
     """What reports/<name>/results.json holds for one recipe trained once per seed: per seed (lists in the
     order of `folders`) the last epoch's validation accuracy, the last checkpoint's test accuracy without
     and with flip TTA, and the training seconds; their mean and standard deviation (None for one seed); the
-    recipe in a few words and its config; the machine that trained them, as hw2.bench.processor describes it
+    recipe in a few words and its config; the machine that trained them, as hw2.runtime.processor describes it
     (this module does not look at the machine), and the dtype. Validation used flip TTA where the recipe has
-    tta (valid_tta). Each folder must be a finished run of the same recipe, differing only in seed, modeldir
-    and save_interval, tested both ways."""
+    tta (valid_tta); a recipe without a validation split (valid_size 0) has None for it. Each folder must be a
+    finished run of the same recipe, differing only in seed and what does not change what is learned
+    (NOT_THE_RUN), tested both ways."""
     configs = [read_config(folder) for folder in folders]
     fields = _recipe_fields(configs[0])
     for folder, config in zip(folders, configs):
@@ -144,13 +145,14 @@ def seed_results(folders, recipe_name, processor):
         if len(metrics) != epochs:
             raise Hw2Error(f"{folder} has trained {len(metrics)} of its {epochs} epochs: finish it (train it again "
                            f"with {field('resume', True)})")
-        results["valid_accuracy"].append(round(metrics[-1]["valid_acc"], 4))
+        valid = metrics[-1]["valid_acc"]
+        results["valid_accuracy"].append(None if math.isnan(valid) else round(valid, 4))
         results["seconds"].append(round(sum(row["seconds"] for row in metrics), 1))
         results["test_accuracy"].append(_final_test(folder, epochs, tta=False))
         results["test_accuracy_tta"].append(_final_test(folder, epochs, tta=True))
     for name in ("test_accuracy", "test_accuracy_tta", "valid_accuracy"):
-        values = results[name]
-        results[f"{name}_mean"] = round(statistics.fmean(values), 5)
+        values = [v for v in results[name] if v is not None]
+        results[f"{name}_mean"] = round(statistics.fmean(values), 5) if values else None
         results[f"{name}_std"] = round(statistics.stdev(values), 5) if len(values) > 1 else None
     resolved = read_resolved(folders[0])
     results.update(valid_tta=fields["tta"], description=recipe(fields), **processor,

@@ -136,6 +136,11 @@ def test_a_recipe_over_seeds_gives_each_seeds_figures_and_their_mean_and_spread(
     assert json.loads(json.dumps(results)) == results
     one = seed_results(runs[:1], "mine", {"processor": "Some CPU"})
     assert one["test_accuracy_mean"] == 0.85 and one["test_accuracy_std"] is None  # no spread from one seed
+    unvalidated = [_finished_run(tmp_path / f"all{seed}", seed, float("nan"), {False: 0.9, True: 0.91}, valid_size=0)
+                   for seed in (0, 1)]
+    results = seed_results(unvalidated, "all", {"processor": "Some CPU"})
+    assert results["valid_accuracy"] == [None, None] and results["valid_accuracy_mean"] is None
+    assert results["test_accuracy_mean"] == 0.9 and json.loads(json.dumps(results)) == results
 
 
 def test_seeds_of_different_recipes_or_unfinished_or_untested_runs_are_refused(tmp_path):
