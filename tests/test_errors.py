@@ -1,13 +1,15 @@
 """Error messages name parameters with hw2.errors.field, and each front end words them in its own except, by
 setting the error's `words`: keyword arguments for a Python caller (the default), flags on the command line,
 assignments in a notebook. No state outside the error decides it."""
+import signal
+
 import pytest
 import torch
 
+from hw2 import cli
 from hw2.config import Config
 from hw2.data import load_data
-from hw2 import cli
-from hw2.errors import NO_VALUE, ConfigError, DataError, Hw2Error, field, in_words
+from hw2.errors import NO_VALUE, ConfigError, DataError, Hw2Error, Interrupted, field, in_words
 from hw2.runtime import resolve_device
 
 
@@ -63,3 +65,10 @@ def test_the_librarys_errors_name_their_fields(tmp_path, monkeypatch):
     assert "or point data_dir = ... at the folder" in worded(missing.value, notebook_words)
     assert worded(no_cuda.value, notebook_words) == ("device = 'cuda' was asked for but torch sees no CUDA GPU; "
                                                      "use device = 'cpu' or device = 'auto'")
+
+
+def test_a_stopped_process_other_than_the_main_one_says_who_wrote_the_checkpoint():
+    assert str(Interrupted(signal.SIGTERM, None)) == ("stopped by SIGTERM; the main process wrote the checkpoint. "
+                                                      "Run it again with resume=True to continue.")
+    path = "runs/a/model-3-step7.ckpt"
+    assert f"checkpoint written to {path}." in str(Interrupted(signal.SIGINT, path))
