@@ -7,11 +7,11 @@ import sys
 
 import torch
 
-from hw2.runtime import processor
 from hw2.checkpoint import Checkpoint
 from hw2.data import load_data, train_valid_split
 from hw2.evaluate import evaluate
 from hw2.models import build_network
+from hw2.runtime import processor
 
 checkpoint = Checkpoint.load(sys.argv[1])
 c = checkpoint.config

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from hw2.runtime import cpu_name
 from hw2.checkpoint import Checkpoint
 from hw2.data import BATCH_DIR, TEST_BATCH, data_label, md5sum
 from hw2.modeldir import list_checkpoints
+from hw2.runtime import cpu_name
 
 
 def source(folder):

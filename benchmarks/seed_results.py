@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from hw2.runtime import processor
 from hw2.errors import Hw2Error, flag_words
+from hw2.modeldir import CONFIG, LOG, METRICS_FILE, RESOLVED, TESTS, read_metrics, read_resolved
 from hw2.report import compare_curves
 from hw2.runs import seed_results
-from hw2.modeldir import CONFIG, LOG, METRICS_FILE, RESOLVED, TESTS, read_metrics, read_resolved
+from hw2.runtime import processor
 
 name, *folders = sys.argv[1:]
 try:

@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 
 from hw2.augment import PAD, SIZE, Loader, channel_stats, pad_crop_flip
 from hw2.data import CLASSES
-from hw2.models import SHORTCUTS, ResNet, count_parameters
 from hw2.modeldir import METRICS
+from hw2.models import SHORTCUTS, ResNet, count_parameters
 from hw2.runs import format_table
 from hw2.train import get_image_size, get_lr
 

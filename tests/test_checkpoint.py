@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from hw2.checkpoint import Checkpoint
-from hw2.events import Lines
 from hw2.errors import CheckpointError, ModeldirBusy, ModeldirError, TrainingDiverged
-from hw2.train import _StopRequests, train
+from hw2.events import Lines
 from hw2.modeldir import ModeldirLock, latest_checkpoint, list_checkpoints, read_checkpoint, read_metrics
+from hw2.train import _StopRequests, train
 from conftest import as_flags, small_config, small_settings
 
 EPOCHS = 5

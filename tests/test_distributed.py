@@ -25,9 +25,9 @@ import hw2.augment
 import hw2.train
 from conftest import TEST_RUN
 from hw2.checkpoint import Checkpoint
-from hw2.events import Lines
 from hw2.config import Config
 from hw2.errors import Interrupted
+from hw2.events import Lines
 from hw2.train import train
 
 STEPS_PER_EPOCH = 4  # 160 training images, 20 per process a step, 2 processes

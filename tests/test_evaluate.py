@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from hw2.events import Lines
 from hw2.config import Config
 from hw2.errors import CheckpointError
 from hw2.evaluate import checkpoints_to_test, evaluate, evaluate_checkpoints, fold_batchnorm
+from hw2.events import Lines
 from hw2.models import ResNet
 from conftest import untrained_checkpoint
 

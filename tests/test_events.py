@@ -17,9 +17,9 @@ from hw2.data import load_test_data
 from hw2.errors import Interrupted, ModeldirError, in_words
 from hw2.evaluate import evaluate_checkpoints
 from hw2.events import Reporter
+from hw2.modeldir import list_checkpoints, read_metrics, read_tests
 from hw2.notebook import parameter_words
 from hw2.train import train
-from hw2.modeldir import list_checkpoints, read_metrics, read_tests
 from conftest import as_flags, small_config, small_settings, untrained_checkpoint
 
 EVENTS = [name for name in vars(Reporter) if not name.startswith("_")]

@@ -21,10 +21,10 @@ from PIL import Image
 import hw2.state
 from hw2 import runtime
 from hw2.checkpoint import Checkpoint
+from hw2.modeldir import ModeldirLock, list_checkpoints
 from hw2.models import ResNet
 from hw2.state import make_optimizer
 from hw2.train import _StopRequests, train_step
-from hw2.modeldir import ModeldirLock, list_checkpoints
 from test_import import write_published
 
 # Run first by `python -c`: Linux made to look like Windows to hw2. filelock's Windows lock (LockFileEx) cannot

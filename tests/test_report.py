@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from hw2 import report
 from hw2.config import FAST_RECIPE, Config
-from hw2.models import ResNet, count_parameters
 from hw2.modeldir import METRICS, read_metrics
+from hw2.models import ResNet, count_parameters
 from hw2.train import _load_data
 from conftest import metric_rows
 

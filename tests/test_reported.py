@@ -18,9 +18,9 @@ import numpy as np
 
 from hw2.config import Config
 from hw2.data import CLASSES
+from hw2.modeldir import read_config, read_metrics, read_tests
 from hw2.models import BottleneckBlock, StandardBlock, count_parameters
 from hw2.report import read_confusion, smoothed_loss_floor, steps_per_epoch
-from hw2.modeldir import read_config, read_metrics, read_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from hw2.events import Lines
 from hw2.config import FAST_RECIPE, Config
 from hw2.data import load_test_data
 from hw2.errors import Hw2Error
 from hw2.evaluate import evaluate_checkpoints
+from hw2.events import Lines
+from hw2.modeldir import log_output, read_tests, record_test, write_config, write_metrics
 from hw2.runs import recipe, runs_table, seed_results
 from hw2.train import train
-from hw2.modeldir import log_output, read_tests, record_test, write_config, write_metrics
 from conftest import small_config
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"

@@ -14,12 +14,12 @@ from hw2.config import FAST_RECIPE, Config
 from hw2.data import load_test_data
 from hw2.errors import Hw2Error, Interrupted, ModeldirError, flag_words
 from hw2.events import Lines
+from hw2.modeldir import METRICS, list_checkpoints, read_metrics, run_differences
 from hw2.models import ResNet
 from hw2.notebook import NotebookReport, cell_config, parameter_words
 from hw2.runtime import grad_scaler
 from hw2.state import make_optimizer
 from hw2.train import _start_processes, _StopRequests, get_image_size, get_lr, train, train_step
-from hw2.modeldir import METRICS, list_checkpoints, read_metrics, run_differences
 
 
 def test_step_schedule_divides_by_ten_after_each_milestone():
