@@ -3,7 +3,7 @@
     model-{epoch}.ckpt         a checkpoint after a whole epoch (hw2.checkpoint.Checkpoint)
     model-{epoch}-step{N}.ckpt a run stopped N steps into epoch `epoch` (deleted once a later epoch is saved)
     model-best.ckpt            the epoch of the best validation accuracy so far (never chosen on the test set)
-    config.json                the run's Config as it was asked for (`Config(**json)` loads it)
+    config.json                the run's Config as it was asked for (`Config.from_dict(json)` loads it)
     resolved.json              what hw2 decided for it: device, dtype, resumed or not, the paths it resolved to
     metrics.csv                one row per epoch, the METRICS columns (and valid_top5 for CIFAR-100)
     log.txt                    what the run printed, each session appended (a progress bar as it last stood)
