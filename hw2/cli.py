@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from hw2.checkpoint import check_architecture
 from hw2.config import FIELDS, RECIPES, Config, config_from, help_text
 from hw2.data import dataset_spec, download, load_test_data
 from hw2.errors import Hw2Error, ImageError, Interrupted, flag_words, format_default
@@ -133,11 +134,13 @@ def test(args):
     spec = dataset_spec(dataset)
     device = resolve_device(config.device)
     dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    architecture = {name: given[name] for name in GIVEN_ARCHITECTURE if name in given} | {"dataset": dataset}
+    for path in paths:  # a checkpoint of another network or data set is refused before any data is read
+        check_architecture(read_checkpoint(path), architecture, path)
     print(f"Testing {', '.join(p.name for p in paths)} of {config.checkpoint_dir} on the {spec.name} test batch in "
           f"{config.data_dir} ({device}, {dtype})", flush=True)
     download(config.data_dir, need=[spec.test], dataset=dataset)
     x_test, y_test = load_test_data(config.data_dir, dataset)
-    architecture = {name: given[name] for name in GIVEN_ARCHITECTURE if name in given} | {"dataset": dataset}
     results = evaluate_checkpoints(paths, x_test, y_test, device, config.dtype, args.tta, architecture,
                                    Lines(flag_words))
     width = max(map(len, spec.classes))

@@ -51,7 +51,8 @@ def test_a_checkpoint_is_refused_on_the_other_data_set_in_one_line(cifar_dir, ci
     cifar10 = tmp_path / "c10"
     assert cli.main(["train", *as_flags(small_settings(cifar_dir, cifar10, epochs=1))]) == 0
     capsys.readouterr()
-    assert cli.main(["test", "--modeldir", str(cifar10), "--data_dir", str(cifar100_dir), "--dataset", "cifar100"]) == 2
+    nowhere = tmp_path / "no-data"  # refused before any download or read of the data
+    assert cli.main(["test", "--modeldir", str(cifar10), "--data_dir", str(nowhere), "--dataset", "cifar100"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line == (f"error: {cifar10 / 'model-1.ckpt'} was trained on cifar10 (10 classes) and cannot be tested on "
                     "cifar100: use --dataset cifar10, or a checkpoint of a run on cifar100")
