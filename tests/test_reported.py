@@ -81,9 +81,10 @@ def results(name):
 
 
 def seed(name, i=0):
-    """Seed i of results.json: [minutes, validation, test, test with flip TTA]."""
+    """Seed i of results.json: [minutes, validation (none without a validation split), test, test with flip TTA]."""
     r = results(name)
-    return [minutes(r["seconds"][i]), pct(r["valid_accuracy"][i]), pct(r["test_accuracy"][i]),
+    valid = r["valid_accuracy"][i]  # None: trained on all 50,000 images, so the cell has no figure
+    return [minutes(r["seconds"][i]), [] if valid is None else pct(valid), pct(r["test_accuracy"][i]),
             pct(r["test_accuracy_tta"][i])]
 
 
@@ -179,12 +180,13 @@ def test_readme_results_table_is_the_runs_files():
                    "test": [mean_std("fast60", "test_accuracy"), [pct(a) for a in results("fast60")["test_accuracy"]],
                             mean_std("fast60", "test_accuracy_tta")]},
     }
-    for name in ("fast30", "full30", "fast30_wd1e3", "fast30_ls0", "full60"):
+    for name in ("fast30", "full30", "fast30_wd1e3", "fast30_ls0", "full60", "fast60_all"):
         minutes_, valid, test, test_tta = seed(name)
         expected[name] = {"epochs": str(results(name)["epochs"]), "wall time": minutes_, "validation": valid,
                           "test": [test, test_tta]}
     expected["full30"]["wall time"] = full30_minutes()
-    expected["full60"]["wall time"] = f"{results('full60')['seconds'][0] / 60:.0f}"
+    for name in ("full60", "fast60_all"):
+        expected[name]["wall time"] = f"{results(name)['seconds'][0] / 60:.0f}"
     check_table(ROOT / "README.md", "| run | network | recipe | epochs | wall time | validation | test | He et al. |",
                 expected)
 
@@ -284,9 +286,23 @@ def test_reports_readme_30_and_60_epoch_tables_are_the_runs_files():
         "fast60_cutout_alt (--cutout 8 --flip alternate), seed 0, bfloat16": {
             **seed_row("fast60_cutout_alt"), "training time": paused_row("fast60_cutout_alt")},
         "fast60_alt (--flip alternate), seed 0, bfloat16": seed_row("fast60_alt"),
+        "fast60_all (--valid_size 0: all 50k images), seed 0": seed_row("fast60_all"),
         "fast30 (above), seed 0": seed_row("fast30"),
         "r20_he": he,
     }, after="**Sixty epochs**")
+
+
+def test_reports_readme_all_images_paragraph_is_the_runs_files():
+    text = README.read_text()
+    [paragraph] = [p for p in text.split("\n\n") if p.startswith("**All 50,000 images**")]
+    all_images, fast60 = results("fast60_all"), results("fast60")
+    fast60_train = [metrics(f"fast60/fast60_seed{s}")[-1]["train_acc"] for s in fast60["seeds"]]
+    assert numbers(paragraph) == flatten([
+        "50,000", "0", seed("fast60_all")[2:], "0", seed("fast60", 0)[2:], "45,000",
+        f"{100 * fast60['test_accuracy_std']:.2f}",
+        f"{metrics('fast60_all/fast60_all_seed0')[-1]['train_acc']:.3f}",
+        f"{min(fast60_train):.3f}", f"{max(fast60_train):.3f}",
+        "88.42", "1", "2", f"{all_images['seconds'][0] / 60:.0f}"])
 
 
 def paused_row(name):
