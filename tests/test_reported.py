@@ -293,9 +293,10 @@ def test_reports_readme_30_and_60_epoch_tables_are_the_runs_files():
 
 
 def test_reports_readme_all_images_paragraph_is_the_runs_files():
-    text = README.read_text()
-    [paragraph] = [p for p in text.split("\n\n") if p.startswith("**All 50,000 images**")]
+    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**All 50,000 images**")]
     all_images, fast60 = results("fast60_all"), results("fast60")
+    assert "float32 on the AVX2-only EPYC" in paragraph
+    assert [all_images[key] for key in ("dtype", "native_bfloat16", "processor")] == ["float32", False, "AMD EPYC"]
     fast60_train = [metrics(f"fast60/fast60_seed{s}")[-1]["train_acc"] for s in fast60["seeds"]]
     assert numbers(paragraph) == flatten([
         "50,000", "0", seed("fast60_all")[2:], "0", seed("fast60", 0)[2:], "45,000",
