@@ -180,12 +180,12 @@ def test_readme_results_table_is_the_runs_files():
                    "test": [mean_std("fast60", "test_accuracy"), [pct(a) for a in results("fast60")["test_accuracy"]],
                             mean_std("fast60", "test_accuracy_tta")]},
     }
-    for name in ("fast30", "full30", "fast30_wd1e3", "fast30_ls0", "full60", "fast60_all"):
+    for name in ("fast30", "full30", "fast30_wd1e3", "fast30_ls0", "full60", "fast60_all", "fast30_all"):
         minutes_, valid, test, test_tta = seed(name)
         expected[name] = {"epochs": str(results(name)["epochs"]), "wall time": minutes_, "validation": valid,
                           "test": [test, test_tta]}
     expected["full30"]["wall time"] = full30_minutes()
-    for name in ("full60", "fast60_all"):
+    for name in ("full60", "fast60_all", "fast30_all"):
         expected[name]["wall time"] = f"{results(name)['seconds'][0] / 60:.0f}"
     check_table(ROOT / "README.md", "| run | network | recipe | epochs | wall time | validation | test | He et al. |",
                 expected)
@@ -270,6 +270,7 @@ def test_reports_readme_30_and_60_epoch_tables_are_the_runs_files():
         "full30: every epoch at 32x32": {**seed_row("full30"), "training time": full30},
         "fast30_wd1e3: fast30 with --weight_decay 1e-3": seed_row("fast30_wd1e3"),
         "fast30_ls0: fast30 with --label_smoothing 0": seed_row("fast30_ls0"),
+        "fast30_all: fast30 on all 50k images (--valid_size 0), resumed once": seed_row("fast30_all"),
         "r20_he: He et al.'s recipe": he,
     }, after="**Thirty epochs**")
     check_table(README, EPOCHS_TABLE, {
@@ -303,7 +304,53 @@ def test_reports_readme_all_images_paragraph_is_the_runs_files():
         f"{100 * fast60['test_accuracy_std']:.2f}",
         f"{metrics('fast60_all/fast60_all_seed0')[-1]['train_acc']:.3f}",
         f"{min(fast60_train):.3f}", f"{max(fast60_train):.3f}",
-        "88.42", "1", "2", f"{all_images['seconds'][0] / 60:.0f}"])
+        "88.42", "1", "2", f"{all_images['seconds'][0] / 60:.0f}", "31"])
+
+
+def test_reports_readme_thirty_epochs_all_images_paragraph_is_the_runs_files():
+    """fast30_all's paragraph: its two sessions' minutes (it was resumed in epoch 20), its accuracies against
+    fast30's seed 0 and He's, the noise of a difference of two single runs, and its last training accuracy."""
+    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**Thirty epochs on all 50,000")]
+    r = results("fast30_all")
+    assert [r[key] for key in ("dtype", "native_bfloat16", "processor")] == ["float32", False, "AMD EPYC"]
+    assert "float32 on the AVX2-only EPYC" in paragraph
+    rows = metrics("fast30_all/fast30_all_seed0")
+    first = sum(row["seconds"] for row in rows if row["epoch"] < 20) / 60  # the session it was stopped in
+    second = sum(row["seconds"] for row in rows if row["epoch"] >= 20) / 60
+    assert f"{first + second:.1f}" == minutes(r["seconds"][0])
+    std = 100 * results("fast60")["test_accuracy_std"]
+    he = float(accuracy_of(*HE))
+    assert numbers(paragraph) == flatten([
+        "50,000", "0", "20", f"{first:.1f}", f"{second:.1f}", seed("fast30_all")[2:],
+        "0", seed("fast30", 0)[2:], "45,000", f"{std * 2 ** 0.5:.2f}", f"{std:.2f}", "2",
+        f"{he - 100 * r['test_accuracy'][0]:.2f}", f"{he:.2f}", f"{rows[-1]['train_acc']:.3f}",
+        f"{metrics('fast30/fast30_seed0')[-1]['train_acc']:.3f}"])
+
+
+def test_reports_readme_where_issue_31_stands_is_the_runs_files():
+    """The issue's training minutes so far (the candidates, less the Cutout run's pause, and the runs on all
+    images) and what the goals still need, from the runs' results.json."""
+    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**Where issue 31 stands")]
+    cutout, alternate, sixty_minutes, thirty_minutes = [results(name)["seconds"][0] / 60 for name in (
+        "fast60_cutout_alt", "fast60_alt", "fast60_all", "fast30_all")]
+    cutout -= UNRECORDED["fast60_cutout_alt paused minutes"]
+    hours = (cutout + alternate + sixty_minutes + thirty_minutes) / 60
+    sixty, thirty = (100 * results(name)["test_accuracy"][0] for name in ("fast60_all", "fast30_all"))
+    he = float(accuracy_of(*HE))
+    assert numbers(paragraph) == [
+        "31", f"{cutout:.0f}", f"{alternate:.1f}", "45,000", f"{sixty_minutes:.1f}", "0", f"{thirty_minutes:.1f}",
+        "0", f"{hours:.1f}", "8", "60", f"{sixty:.2f}", "88.42", "1", "2", f"{(3 * 88.42 - sixty) / 2:.2f}", "30",
+        f"{thirty:.2f}", f"{he - thirty:.2f}", f"{he:.2f}", "1", "2", f"{sixty_minutes:.0f}", "1", "2"]
+
+
+def test_reports_readme_three_seeds_paragraph_is_fast60s_spread():
+    """The standard error of a 3-seed mean, and the gaps it resolves at two standard errors (one mean against a
+    fixed figure; two means against each other), from fast60's seeds' standard deviation."""
+    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**What three seeds can resolve")]
+    std = 100 * results("fast60")["test_accuracy_std"]
+    error = std / 3 ** 0.5
+    assert numbers(paragraph) == [f"{std:.2f}", f"{error:.2f}", f"{2 * error:.2f}", f"{2 * error * 2 ** 0.5:.2f}",
+                                  "50,000", "0.3", "0.4", "88.42", f"{std:.2f}"]
 
 
 def paused_row(name):
