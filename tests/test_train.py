@@ -11,7 +11,6 @@ from conftest import small_config
 from hw2 import cli
 from hw2.checkpoint import Checkpoint
 from hw2.config import FAST_RECIPE, Config
-from hw2.data import load_test_data
 from hw2.errors import Hw2Error, Interrupted, ModeldirError, flag_words
 from hw2.events import Lines
 from hw2.modeldir import METRICS, list_checkpoints, read_metrics, run_differences
@@ -265,8 +264,8 @@ def test_the_best_checkpoint_is_the_first_epoch_of_the_best_validation_accuracy_
     resumed = Checkpoint.load(config.checkpoint_dir / "model-best.ckpt")
     assert resumed.epoch == kept.epoch and all(torch.equal(resumed.model[k], v) for k, v in kept.model.items())
     assert f"model-best.ckpt holds epoch {best['epoch']}." in capsys.readouterr().out
-    x, y = load_test_data(cifar_dir)
-    assert cli.main(["test", "--modeldir", str(config.checkpoint_dir), "--checkpoint", "best"]) == 0
+    assert cli.main(["test", "--modeldir", str(config.checkpoint_dir), "--data_dir", str(cifar_dir),
+                     "--checkpoint", "best"]) == 0
     assert "Restored model parameters from " + str(config.checkpoint_dir / "model-best.ckpt") in capsys.readouterr().out
 
 
