@@ -293,8 +293,13 @@ def test_reports_readme_30_and_60_epoch_tables_are_the_runs_files():
     }, after="**Sixty epochs**")
 
 
+def paragraphs_starting(start):
+    """reports/README.md's paragraphs that begin with `start`."""
+    return [p for p in README.read_text().split("\n\n") if p.startswith(start)]
+
+
 def test_reports_readme_all_images_paragraph_is_the_runs_files():
-    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**All 50,000 images**")]
+    [paragraph] = paragraphs_starting("**All 50,000 images**")
     all_images, fast60 = results("fast60_all"), results("fast60")
     assert "float32 on the AVX2-only EPYC" in paragraph
     assert [all_images[key] for key in ("dtype", "native_bfloat16", "processor")] == ["float32", False, "AMD EPYC"]
@@ -310,7 +315,7 @@ def test_reports_readme_all_images_paragraph_is_the_runs_files():
 def test_reports_readme_thirty_epochs_all_images_paragraph_is_the_runs_files():
     """fast30_all's paragraph: its two sessions' minutes (it was resumed in epoch 20), its accuracies against
     fast30's seed 0 and He's, the noise of a difference of two single runs, and its last training accuracy."""
-    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**Thirty epochs on all 50,000")]
+    [paragraph] = paragraphs_starting("**Thirty epochs on all 50,000")
     r = results("fast30_all")
     assert [r[key] for key in ("dtype", "native_bfloat16", "processor")] == ["float32", False, "AMD EPYC"]
     assert "float32 on the AVX2-only EPYC" in paragraph
@@ -330,7 +335,7 @@ def test_reports_readme_thirty_epochs_all_images_paragraph_is_the_runs_files():
 def test_reports_readme_where_issue_31_stands_is_the_runs_files():
     """The issue's training minutes so far (the candidates, less the Cutout run's pause, and the runs on all
     images) and what the goals still need, from the runs' results.json."""
-    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**Where issue 31 stands")]
+    [paragraph] = paragraphs_starting("**Where issue 31 stands")
     cutout, alternate, sixty_minutes, thirty_minutes = [results(name)["seconds"][0] / 60 for name in (
         "fast60_cutout_alt", "fast60_alt", "fast60_all", "fast30_all")]
     cutout -= UNRECORDED["fast60_cutout_alt paused minutes"]
@@ -346,7 +351,7 @@ def test_reports_readme_where_issue_31_stands_is_the_runs_files():
 def test_reports_readme_three_seeds_paragraph_is_fast60s_spread():
     """The standard error of a 3-seed mean, and the gaps it resolves at two standard errors (one mean against a
     fixed figure; two means against each other), from fast60's seeds' standard deviation."""
-    [paragraph] = [p for p in README.read_text().split("\n\n") if p.startswith("**What three seeds can resolve")]
+    [paragraph] = paragraphs_starting("**What three seeds can resolve")
     std = 100 * results("fast60")["test_accuracy_std"]
     error = std / 3 ** 0.5
     assert numbers(paragraph) == [f"{std:.2f}", f"{error:.2f}", f"{2 * error:.2f}", f"{2 * error * 2 ** 0.5:.2f}",
