@@ -98,10 +98,10 @@ def test_the_runs_in_reports_compare():
     table = runs_table(folders)
     *lines, left_out = table.splitlines()
     rows = {line.split()[0]: line for line in lines[2:]}
-    assert sorted(rows) == ["ema_fast", "fast30_all_seed0", "fast30_ls0_seed0", "fast30_seed0",
-                            "fast30_wd1e3_seed0", "fast60_all_seed0", "fast60_alt_seed0", "fast60_cutout_alt_seed0",
-                            "fast60_seed0", "fast60_seed1", "fast60_seed2", "full30_seed0", "full60_seed0", "r20_5ep",
-                            "r20_fast", "r20_he", "r20_prog", "v2_size2"]
+    assert sorted(rows) == ["ema_fast", "fast30_all_seed0", "fast30_all_seed1", "fast30_ls0_seed0", "fast30_seed0",
+                            "fast30_wd1e3_seed0", "fast60_all_seed0", "fast60_all_seed1", "fast60_alt_seed0",
+                            "fast60_cutout_alt_seed0", "fast60_seed0", "fast60_seed1", "fast60_seed2", "full30_seed0",
+                            "full60_seed0", "r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
     reports = ("compile_avx2", "fast30", "fast30_all", "fast30_ls0", "fast30_wd1e3", "fast60", "fast60_all",
                "fast60_alt", "fast60_cutout_alt", "full30", "full60")  # folders that are not runs
     assert left_out.endswith("left out: " + ", ".join(str(REPORTS / name) for name in reports))
