@@ -15,17 +15,17 @@ from pathlib import Path
 
 import torch
 
-from hw2.errors import Hw2Error, flag_words
+from hw2.errors import Hw2Error, flag_words, use_words
 from hw2.modeldir import CONFIG, LOG, METRICS_FILE, RESOLVED, TESTS, read_metrics, read_resolved
 from hw2.report import compare_curves
 from hw2.runs import seed_results
 from hw2.runtime import processor
 
 name, *folders = sys.argv[1:]
+use_words(flag_words)  # its errors name the flags of python -m hw2 test and train
 try:
     results = seed_results(folders, name, processor(torch.device(read_resolved(folders[0])["device"])))
 except Hw2Error as e:
-    e.words = flag_words  # its errors name the flags of python -m hw2 test and train
     sys.exit(f"Error: {e}")
 out = Path("reports") / name
 out.mkdir(parents=True, exist_ok=True)

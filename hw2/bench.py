@@ -24,8 +24,8 @@ The data is CIFAR-10 when --data_dir holds it (labelled as hw2.data.data_label n
 uint8 images of the same shape (the "data" field says which).
 
 float16 on a CPU: autocast runs it, but without native float16 instructions (AVX512-FP16, AMX-FP16)
-oneDNN falls back to reference kernels (a ResNet-20 step measured 16x slower than float32 on a 2-core
-AVX512-BF16 EPYC); it is meant for GPUs before compute capability 8.0 (a Colab T4).
+oneDNN falls back to reference kernels, many times slower than float32; it is meant for GPUs before compute
+capability 8.0 (a Colab T4).
 """
 import argparse
 import json
@@ -40,10 +40,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hw2.augment import Loader, channel_stats, parse_record
 from hw2.data import BATCH_DIR, data_label, load_data
-from hw2.errors import Hw2Error, flag_words
+from hw2.errors import Hw2Error, flag_words, worded_as
 from hw2.evaluate import evaluate, fold_batchnorm
 from hw2.models import ResNet
-from hw2.runtime import DTYPES, grad_scaler, processor, resolve_device, resolve_dtype, use_fastest_kernels
+from hw2.runtime import (DTYPES, dtype_name, grad_scaler, processor, resolve_device, resolve_dtype,
+                         use_fastest_kernels)
 from hw2.state import make_optimizer
 from hw2.train import train_step
 
@@ -164,9 +165,9 @@ def parse_args(argv):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     try:
-        return args, resolve_device(args.device)
+        with worded_as(flag_words):  # the message names the flag to change as this command spells it
+            return args, resolve_device(args.device)
     except Hw2Error as e:
-        e.words = flag_words  # the message names the flag to change as this command spells it
         parser.error(str(e))
 
 
@@ -251,13 +252,13 @@ def summary(args, model, device, dtype, data, runs, samples, fold_seconds):
     flops = forward_flops(args.resnet_version, args.resnet_size)
     matmul = {name: matmul_gflops(device, t) for name, t in DTYPES.items()}
     hw2_rates = {"train": median["hw2"]["train"] * 3 * flops / 1e9, "eval": median["hw2"]["eval"] * flops / 1e9}
-    _, matmul_rate = matmul[str(dtype).removeprefix("torch.")]
+    _, matmul_rate = matmul[dtype_name(dtype)]
     return {
         "model": f"ResNet-{model.depth} (version {args.resnet_version}, resnet_size {args.resnet_size})",
         "batch_size": args.batch_size,
         "device": str(device),
         **processor(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "reference_dtype": "float32",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

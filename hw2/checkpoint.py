@@ -14,6 +14,17 @@ import torch
 from hw2.errors import CheckpointError, field
 from hw2.models import ARCHITECTURE
 
+# The trained ResNet-20 that hw2 ships (hw2/pretrained/README.md), which test, predict and 04_evaluate.ipynb use
+# until the default modeldir holds a run of one's own
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "resnet20_v1.ckpt"
+
+
+def checkpoint_label(path):
+    """How messages name a checkpoint: by its path, the bundled one (PRETRAINED) as such, by its place in hw2."""
+    if Path(path).resolve() != PRETRAINED:
+        return str(path)
+    return f"the bundled ResNet-20 {PRETRAINED.relative_to(PRETRAINED.parents[2]).as_posix()}"
+
 
 @dataclasses.dataclass
 class Checkpoint:

@@ -4,14 +4,16 @@ test reads the network from the checkpoint; predict names what a checkpoint sees
 runs. What training and testing report (hw2.events) is printed as lines on stdout, with a text progress bar on
 stderr (Lines), and error messages name parameters as flags.
 
-    python -m hw2 train --recipe smoke --modeldir runs/smoke   # about a minute: does everything work?
+    python -m hw2 train --recipe smoke --modeldir runs/smoke   # a short run: does everything work?
     python -m hw2 test --modeldir runs/smoke                   # the network and its tta come from the checkpoint
     python -m hw2 train --resnet_version 1 --resnet_size 3     # He et al.'s 182 epochs: model_v1/
-    python -m hw2 train --recipe fast                          # ResNet-20 to about 86% in 26-28 minutes of a 2-core CPU
-    python -m hw2 train --recipe fast60                        # to about 87.7% in 60 epochs, about 100 minutes
+    python -m hw2 train --recipe fast                          # ResNet-20 in 16 epochs, for a small budget
+    python -m hw2 train --recipe fast60                        # the fast recipe for 60 epochs
     python -m hw2 test --modeldir model_v1 --checkpoint 50 60
     python -m hw2 predict photos/ cat.jpg --modeldir runs/smoke  # the most probable classes of each picture
+    python -m hw2 predict cat.jpg        # before any run in model_v1/: by the bundled ResNet-20 (hw2/pretrained/)
     python -m hw2 runs runs/smoke model_v1                     # the runs side by side
+    python -m hw2 runs reports/r20_he runs/smoke --tensorboard tb  # and for TensorBoard: tensorboard --logdir tb
     python -m hw2 import resnet20-12fca82f.th --modeldir runs/r20_published  # a published network, then test it
 """
 import argparse
@@ -22,18 +24,20 @@ import sys
 
 import numpy as np
 
-from hw2.checkpoint import check_architecture
+from hw2.checkpoint import PRETRAINED, check_architecture, checkpoint_label
 from hw2.config import FIELDS, RECIPES, Config, config_from, help_text
 from hw2.data import dataset_spec, download, load_test_data
-from hw2.errors import Hw2Error, ImageError, Interrupted, flag_words, format_default
+from hw2.errors import Hw2Error, ImageError, Interrupted, field, flag_words, format_default, worded_as
 from hw2.evaluate import checkpoint_tta, checkpoints_to_test, classify, evaluate_checkpoints, restore
 from hw2.events import Lines
+from hw2.export import checkpoint_to_export, export
 from hw2.images import image_files, read_file
-from hw2.modeldir import read_checkpoint
+from hw2.modeldir import data_dir_of, read_checkpoint
 from hw2.models import ARCHITECTURE
 from hw2.published import LAYOUT, import_checkpoint
 from hw2.runs import runs_table
-from hw2.runtime import resolve_device, resolve_dtype
+from hw2.tensorboard import require_tensorboard, write_runs
+from hw2.runtime import dtype_name, resolve_device, resolve_dtype
 from hw2.train import train
 
 
@@ -47,6 +51,9 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 
 GIVEN_ARCHITECTURE = [name for name in ARCHITECTURE if name in FIELDS]  # num_classes follows from the dataset
+# test's and predict's --modeldir: the rule by which they use the bundled network (checkpoints_to_test's pretrained)
+MODELDIR_TO_USE = ("the run whose checkpoints to use ('': {default}, or while that holds none and no --checkpoint "
+                   "is asked for, the bundled ResNet-20 in hw2/pretrained/)")
 
 
 def add_flag(parser, name, given_only=False, **overrides):
@@ -88,7 +95,10 @@ def build_parser():
     tester.add_argument("--checkpoint", "--checkpoints", dest="checkpoints", type=epoch_or_best, nargs="+",
                         metavar="EPOCH|best", help="epochs of the checkpoints to test, or best (model-best.ckpt: the "
                                                    "best validation accuracy) (default: the newest checkpoint)")
-    for name in ("modeldir", "data_dir", "device", "dtype"):
+    add_flag(tester, "modeldir", help=MODELDIR_TO_USE.format(default="model_v{resnet_version}"))
+    add_flag(tester, "data_dir", default=None, help=f"{help_text('data_dir')} (default: the one the run read, from "
+                                                    "its resolved.json, where it still exists; else data)")
+    for name in ("device", "dtype"):
         add_flag(tester, name)
     add_flag(tester, "tta", default=None, help=f"{help_text('tta')} (default: as the checkpoint was trained)")
     for name in (*GIVEN_ARCHITECTURE, "dataset"):  # read from the checkpoint: given, they only check it
@@ -105,7 +115,8 @@ def build_parser():
     predictor.add_argument("--top", type=at_least_one, default=5, metavar="K",
                            help="how many of the most probable classes to show")
     predictor.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
-    for name in ("modeldir", "device", "dtype"):
+    add_flag(predictor, "modeldir", help=MODELDIR_TO_USE.format(default="model_v1"))
+    for name in ("device", "dtype"):
         add_flag(predictor, name)
     add_flag(predictor, "tta", default=None, help=f"{help_text('tta')} (default: as the checkpoint was trained)")
 
@@ -117,32 +128,52 @@ def build_parser():
                           help="load a file that safe loading (torch.load with weights_only=True) refuses; "
                                "this can run code the file holds: only for a file you trust")
 
+    exporter = command("export", help="write a checkpoint's network as an ONNX or TorchScript file that takes float "
+                                      "RGB images in [0, 1], [N, 3, 32, 32], normalises them inside and gives logits")
+    exporter.add_argument("--modeldir", metavar="DIR",
+                          help="the run whose checkpoint to export (default: the bundled ResNet-20 in hw2/pretrained/)")
+    # --checkpoints too, as test has it: checkpoints_to_test's message names it
+    exporter.add_argument("--checkpoint", "--checkpoints", type=epoch_or_best, metavar="EPOCH|best",
+                          help="the checkpoint's epoch, or best (model-best.ckpt) (default: the newest checkpoint)")
+    exporter.add_argument("--format", required=True, metavar="onnx|torchscript",
+                          help="onnx (runs with onnxruntime; needs pip install onnx onnxscript onnxruntime) or "
+                               "torchscript (runs with torch.jit.load)")
+    exporter.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+
     runs = command("runs", help="compare runs: one row per modeldir (or folder of reports/) with its network, "
                                 "recipe, epochs, validation and test accuracy, time and device")
     runs.add_argument("modeldirs", nargs="+", metavar="DIR", help="the runs' modeldirs")
+    runs.add_argument("--tensorboard", metavar="OUT",
+                      help="also write the runs' epochs, from their metrics.csv, as TensorBoard event files in "
+                           "OUT/<the run's folder name>/, to see with tensorboard --logdir OUT beside runs "
+                           "trained with --tensorboard (needs pip install tensorboard)")
     return parser
 
 
 def test(args):
-    """Print the test accuracy of each checkpoint (default: the newest), and its accuracy on each class, on the
-    test images of its data set (or of --dataset, which each checkpoint must then have been trained on)."""
+    """Print the test accuracy of each checkpoint (default: the newest; the bundled network by MODELDIR_TO_USE's
+    rule), and its accuracy on each class, on the test images of its data set (or of --dataset, which each
+    checkpoint must then have been trained on), read from --data_dir or else where the run read its data."""
     given = vars(args)
-    config = Config(**{name: given[name] for name in ("modeldir", "data_dir", "device", "dtype", "resnet_version",
-                                                      "dataset") if name in given})  # checks them
-    paths = checkpoints_to_test(config.checkpoint_dir, args.checkpoints)
+    config = Config(**{name: given[name] for name in ("modeldir", "device", "dtype", "resnet_version", "dataset")
+                       if name in given})  # checks them
+    paths = checkpoints_to_test(config.checkpoint_dir, args.checkpoints, pretrained=not args.modeldir)
+    config = dataclasses.replace(config, data_dir=args.data_dir or data_dir_of(paths[0].parent))
     dataset = given.get("dataset") or read_checkpoint(paths[0]).config["dataset"]
     spec = dataset_spec(dataset)
     device = resolve_device(config.device)
-    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    dtype = dtype_name(resolve_dtype(config.dtype, device))
     architecture = {name: given[name] for name in GIVEN_ARCHITECTURE if name in given} | {"dataset": dataset}
     for path in paths:  # a checkpoint of another network or data set is refused before any data is read
         check_architecture(read_checkpoint(path), architecture, path)
-    print(f"Testing {', '.join(p.name for p in paths)} of {config.checkpoint_dir} on the {spec.name} test batch in "
-          f"{config.data_dir} ({device}, {dtype})", flush=True)
+    tested = f"{', '.join(p.name for p in paths)} of {config.checkpoint_dir}"
+    if paths == [PRETRAINED]:
+        tested = f"{checkpoint_label(PRETRAINED)}, as {config.checkpoint_dir} holds no checkpoints,"
+    print(f"Testing {tested} on the {spec.name} test batch in {config.data_dir} ({device}, {dtype})", flush=True)
     download(config.data_dir, need=[spec.test], dataset=dataset)
     x_test, y_test = load_test_data(config.data_dir, dataset)
     results = evaluate_checkpoints(paths, x_test, y_test, device, config.dtype, args.tta, architecture,
-                                   Lines(flag_words))
+                                   Lines())
     width = max(map(len, spec.classes))
     for path, result in zip(paths, results):
         print(f"Per-class test accuracy of {path.name}:")
@@ -191,10 +222,11 @@ def predict_pictures(args):
     status: 2 when a picture could not be read (its one line on stderr, or its "error" in the JSON), after all
     the others were predicted."""
     config = Config(modeldir=args.modeldir, device=args.device, dtype=args.dtype)  # checks them
-    [path] = checkpoints_to_test(config.checkpoint_dir, [] if args.checkpoint is None else [args.checkpoint])
+    [path] = checkpoints_to_test(config.checkpoint_dir, [] if args.checkpoint is None else [args.checkpoint],
+                                 pretrained=not args.modeldir)
     model, checkpoint = restore(path, config.device)
     device = next(model.parameters()).device
-    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    dtype = dtype_name(resolve_dtype(config.dtype, device))
     tta = checkpoint_tta(checkpoint, args.tta)
     pictures = read_pictures(args.images)
     readable = np.array([x for _, x in pictures if not isinstance(x, ImageError)], np.uint8).reshape(-1, 3072)
@@ -209,7 +241,7 @@ def predict_pictures(args):
                           "images": entries}, indent=1))
         return 2 if failed else 0
     done = len(entries) - failed
-    print(f"Classes of {done} picture{'s' if done != 1 else ''} by {path} ({device}, {dtype}"
+    print(f"Classes of {done} picture{'s' if done != 1 else ''} by {checkpoint_label(path)} ({device}, {dtype}"
           f"{', with flip tta' if tta else ''})", flush=True)
     for entry in entries:
         if "error" in entry:
@@ -240,35 +272,51 @@ def import_published(args):
           f"Fine-tune it: python -m hw2 train --resume --modeldir {args.modeldir} {flags} --epochs N --learning_rate X")
 
 
+def export_network(args):
+    """Export a checkpoint's network (default: the bundled ResNet-20) and say what the file takes and gives."""
+    path = checkpoint_to_export(args.modeldir, args.checkpoint)
+    classifier, difference = export(path, args.format, args.output)
+    print(f"Exported {checkpoint_label(path)} to {args.output} ({args.format}, BatchNorm folded): float RGB images "
+          f"in [0, 1], [N, 3, 32, 32] -> logits [N, {len(classifier.classes)}] of {', '.join(classifier.classes)}. "
+          f"Its logits differ from hw2's by at most {difference:.1e}; it does no test-time augmentation")
+
+
 def main(argv=None):
     """Run a command -> the exit status: 0, 2 for an expected failure (its one line on stderr), or 128 + the
     signal that stopped a training run."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "download":
-            print(f"{dataset_spec(args.dataset).name} is in {download(args.data_dir, dataset=args.dataset)}")
-        elif args.command == "train":
-            given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-            train(config_from(args.recipe, **given), Lines(flag_words))
-        elif args.command == "import":
-            import_published(args)
-        elif args.command == "runs":
-            print(runs_table(args.modeldirs))
-        elif args.command == "predict":
-            return predict_pictures(args)
-        else:
-            test(args)
-    except Interrupted as e:
-        e.words = flag_words
-        print(e, file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        intact = f"; the checkpoints already in modeldir are intact (continue with {flag_words('resume', True)})"
-        print(f"stopped at once{intact if args.command == 'train' else ''}", file=sys.stderr)
-        return 130
-    except Hw2Error as e:  # expected failures, each with what to do; anything else keeps its traceback
-        e.words = flag_words
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with worded_as(flag_words):  # messages name parameters as flags
+        try:
+            if args.command == "download":
+                print(f"{dataset_spec(args.dataset).name} is in {download(args.data_dir, dataset=args.dataset)}")
+            elif args.command == "train":
+                given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+                train(config_from(args.recipe, **given), Lines())
+            elif args.command == "import":
+                import_published(args)
+            elif args.command == "export":
+                export_network(args)
+            elif args.command == "runs":
+                if args.tensorboard:
+                    require_tensorboard()  # without the package: refused before any run is read
+                print(runs_table(args.modeldirs))
+                if args.tensorboard:
+                    written = write_runs(args.modeldirs, args.tensorboard)
+                    print(f"TensorBoard event files of {len(written)} run{'s' if len(written) != 1 else ''} in "
+                          f"{args.tensorboard}: tensorboard --logdir {args.tensorboard}")
+            elif args.command == "predict":
+                return predict_pictures(args)
+            else:
+                test(args)
+        except Interrupted as e:
+            print(e, file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt:
+            intact = f"; the checkpoints already in modeldir are intact (continue with {field('resume', True)})"
+            print(f"stopped at once{intact if args.command == 'train' else ''}", file=sys.stderr)
+            return 130
+        except Hw2Error as e:  # expected failures, each with what to do; anything else keeps its traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 

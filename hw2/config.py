@@ -64,6 +64,9 @@ class Config:
     # checkpoints
     modeldir: str = knob("", "where checkpoints and metrics.csv go ('': model_v{resnet_version})")
     save_interval: int = knob(10, "checkpoint every this many epochs, and always after the last one")
+    tensorboard: bool = knob(False, "also write TensorBoard event files to modeldir/tensorboard/ as training goes: "
+                                    "each epoch's metrics.csv columns and images per second, and every 50 steps the "
+                                    "training loss (needs pip install tensorboard)")
     resume: bool = knob(False, "continue from the newest checkpoint in modeldir")
     on_nan: str = knob("stop", "non-finite loss: 'stop' with an error, or 'skip' the batch")
     # runtime
@@ -72,9 +75,8 @@ class Config:
                                "else cpu), 'cpu', 'cuda', 'cuda:1', ..., 'mps'")
     dtype: str = knob("auto", "'auto' (bfloat16 where the hardware runs it natively, float16 on older GPUs, "
                               "else float32), 'bfloat16', 'float16' or 'float32'")
-    compile: bool = knob(False, "torch.compile the network: about 40 s to compile, then measured 1.41x faster on an "
-                                "AMX Xeon in bfloat16 and a few percent on an AVX2 CPU (reports/README.md); where it "
-                                "cannot, training goes on uncompiled")
+    compile: bool = knob(False, "torch.compile the network: a wait to compile at the start, then faster steps, "
+                                "worth it for long runs; where it cannot, training goes on uncompiled")
     # derived, not a knob: the outputs of the last layer are the data set's classes (kept in config.json and in
     # checkpoints, which say what network they hold)
     num_classes: int = dataclasses.field(init=False)
@@ -136,9 +138,8 @@ def help_text(name):
     return Config.__dataclass_fields__[name].metadata["help"]
 
 
-# A recipe for a fixed budget of about 30 minutes on a 2-core AVX2 CPU (reports/README.md): ResNet-20 trains
-# at about 320 img/s end to end there in float32 (about 155 s an epoch at 32x32), and a step costs in
-# proportion to the pixels. So 16 epochs of all 50,000 images, the first 12 downscaled (3 each at 16, 20, 24,
+# A recipe for a fixed budget of about half an hour of a 2-core CPU (docs/timing.md), knowing that a step costs
+# in proportion to the pixels. So 16 epochs of all 50,000 images, the first 12 downscaled (3 each at 16, 20, 24,
 # 28: about 5.5 epochs' worth of compute) and the last 4 at 32; cosine schedule after a 1-epoch warm-up,
 # Nesterov momentum, more weight decay, label smoothing and flip test-time augmentation.
 FAST_RECIPE = dict(epochs=16, batch_size=128, learning_rate=0.2, nesterov=True, weight_decay=5e-4,
@@ -146,22 +147,17 @@ FAST_RECIPE = dict(epochs=16, batch_size=128, learning_rate=0.2, nesterov=True, 
                    tta=True, valid_size=0)
 
 # A small run: the network and schedule of the smoke recipe, of notebook 03's first try and, with what the tests
-# need changed (tests/conftest.py says what and why), of the tests' runs. ResNet-8, on the cosine schedule, which
-# decays to 0 over however many epochs a run has, so no milestones need fitting to its length. Each use adds its
-# data size, epochs and modeldir.
+# need changed, of the tests' runs (tests/conftest.py's FIRST_TRY and TEST_RUN say what and why). ResNet-8, on the
+# cosine schedule, which decays to 0 over however many epochs a run has, so no milestones need fitting to its
+# length. Each use adds its data size, epochs and modeldir.
 SMALL_RUN = dict(resnet_size=1, lr_schedule="cosine")
 
-# A check that everything works, in about a minute on a 2-core CPU: 4 epochs on 20,000 images, enough to learn
+# A check that everything works in minutes (docs/timing.md): 4 epochs on 20,000 images, enough to learn
 # visibly (well above chance on the validation images).
 SMOKE_RECIPE = {**SMALL_RUN, "epochs": 4, "train_subset": 20000, "valid_size": 1000}
 
-# Notebook 03's suggested first try (its markdown names these values; tests/test_notebooks.py checks that they
-# agree): one epoch on 500 images, so that the notebook's whole Run All takes about a minute.
-FIRST_TRY = {**SMALL_RUN, "epochs": 1, "train_subset": 500, "valid_size": 200, "modeldir": "runs/try"}
-
-# The fast recipe for 60 epochs, a third of He et al.'s 182: the most accurate short recipe measured here
-# (reports/fast60/: 87.71 +- 0.47% test over 3 seeds on the stand-in, 91-102 minutes each on a 2-core AVX2
-# CPU). It keeps 5,000 validation images, as those runs did, so that it reproduces them and shows a validation
+# The fast recipe for 60 epochs, a third of He et al.'s 182: the most accurate short recipe measured
+# (docs/reproducing.md, reports/fast60/). It keeps 5,000 validation images, as those runs did, so that it reproduces them and shows a validation
 # curve.
 FAST60_RECIPE = {**FAST_RECIPE, "epochs": 60, "valid_size": 5000}
 

@@ -301,3 +301,15 @@ def train_valid_split(x, y, valid_size=5000, seed=0):
     order = np.random.default_rng(seed).permutation(len(x))
     train, valid = order[valid_size:], order[:valid_size]
     return x[train], y[train], x[valid], y[valid]
+
+
+TRAINING_IMAGES = 50000  # of CIFAR-10 and of CIFAR-100 alike, before the validation split
+
+
+def steps_per_epoch(config, images=TRAINING_IMAGES):
+    """The SGD steps in one epoch of `config` on one process: its training split (less valid_size, at most
+    train_subset) in whole batches, as hw2.augment.Loader deals them."""
+    images -= config.valid_size
+    if config.train_subset:
+        images = min(images, config.train_subset)
+    return images // config.batch_size

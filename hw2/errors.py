@@ -1,24 +1,17 @@
 """Expected failures: each message says what is wrong and what to do, and a front end shows it as one line.
 Anything else (a shape bug, CUDA out of memory) is a bug or a resource problem and keeps its traceback.
 
-A message names the Config fields (or a front end's own parameters) it is about with `field(name, value)`, and
-each front end words them in its own `except` by setting the error's `words`: `--on_nan skip` on the command line
-(flag_words), `on_nan = 'skip'` in a notebook (hw2.notebook.parameter_words); a Python caller reads keyword
-arguments, `on_nan='skip'` (python_words, the default). Messages a reporter gets (hw2.events) are worded the same
-way, by in_words.
+A message names the Config fields (or a front end's own parameters) it is about with `field(name, value)`, which
+words them as the front end in charge names its parameters: keyword arguments for a Python caller, `on_nan='skip'`
+(python_words, the default); flags on the command line, `--on_nan skip` (flag_words, for the length of a command:
+worded_as); assignments in a notebook, `on_nan = 'skip'` (hw2.notebook.parameter_words, once its parameters cell
+has run). A message is worded as it is made, so an error, or a warning a reporter shows (hw2.events), reads the
+same wherever it is shown.
 """
-import ast
-import re
+import contextlib
 import signal
 
-_MARK = "\x1f"  # the ASCII unit separator: never in a path or a value's repr
-_FIELD = re.compile(f"{_MARK}(\\w+)(?:=(.*?))?{_MARK}", re.DOTALL)
 NO_VALUE = object()  # field(name) with no value to give it
-
-
-def field(name, value=NO_VALUE):
-    """A reference, inside an error message, to the parameter `name` and optionally the value to give it."""
-    return f"{_MARK}{name}{'' if value is NO_VALUE else '=' + repr(value)}{_MARK}"
 
 
 def python_words(name, value):
@@ -43,19 +36,35 @@ def flag_words(name, value):
     return f"--{name} {format_default(value)}"
 
 
-def in_words(text, words=python_words):
-    """`text` with each field() in it worded as words(name, value) says (value NO_VALUE where it names none)."""
-    return _FIELD.sub(lambda m: words(m[1], NO_VALUE if m[2] is None else ast.literal_eval(m[2])), text)
+_words = python_words  # how the front end in charge names parameters (use_words)
+
+
+def field(name, value=NO_VALUE):
+    """The parameter `name`, and optionally the value to give it, as the front end in charge names it: for a
+    message."""
+    return _words(name, value)
+
+
+def use_words(words):
+    """From now on messages name parameters as words(name, value) does (a notebook's: for the kernel's life)
+    -> the words they used until now."""
+    global _words
+    previous, _words = _words, words
+    return previous
+
+
+@contextlib.contextmanager
+def worded_as(words):
+    """Messages made inside the block name parameters as words(name, value) does (a command line's)."""
+    previous = use_words(words)
+    try:
+        yield
+    finally:
+        use_words(previous)
 
 
 class Hw2Error(Exception):
-    """Base class of the failures a user can fix: bad input, missing data, a busy or damaged modeldir. `words` is
-    how its message names parameters (python_words unless a front end's except sets its own)."""
-
-    words = staticmethod(python_words)
-
-    def __str__(self):
-        return in_words(super().__str__(), self.words)
+    """Base class of the failures a user can fix: bad input, missing data, a busy or damaged modeldir."""
 
     def _render_traceback_(self):
         """What IPython shows instead of a traceback: the one line, as on the command line."""

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hw2.augment import Loader
-from hw2.checkpoint import check_architecture
+from hw2.checkpoint import PRETRAINED, check_architecture
 from hw2.data import class_names, reports_top5
 from hw2.errors import CheckpointError, field
 from hw2.events import Reporter
@@ -26,9 +26,8 @@ from hw2.runtime import autocast, resolve_device, resolve_dtype
 def fold_batchnorm(model):
     """A copy of `model` in evaluation mode, in which every BatchNorm that directly follows a convolution is
     folded into that convolution's weights and bias: the same function with one memory pass fewer per
-    layer (all of version 1's BatchNorms, two of three in a version 2 block; measured 1.25x on a 2-core CPU).
-    The model is left as it was. Folding traces the model with torch.fx (tens of milliseconds for ResNet-20),
-    so it is done once per set of weights, not per batch."""
+    layer (all of version 1's BatchNorms, two of three in a version 2 block). The model is left as it was.
+    Folding traces the model with torch.fx, so it is done once per set of weights, not per batch."""
     folded = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
     modules = dict(folded.named_modules())
     for node in list(folded.graph.nodes):
@@ -65,8 +64,7 @@ def predict(network, loader, dtype=torch.float32, tta=False):
 
 def evaluation_batch_size(device):
     """Images per evaluation batch: 64 on a CPU, where the activations of larger batches spill out of the
-    caches (2-core EPYC, BN folded: ResNet-20 1,644 img/s at 64 against 1,529 at 256; ResNet-29 version 2
-    742 against 270), 1,024 on a GPU."""
+    caches, 1,024 on a GPU."""
     return 64 if device.type == "cpu" else 1024
 
 
@@ -124,12 +122,15 @@ def restore(path, device="auto"):
     return model, checkpoint
 
 
-def checkpoints_to_test(modeldir, checkpoints=()):
+def checkpoints_to_test(modeldir, checkpoints=(), pretrained=False):
     """modeldir/model-{epoch}.ckpt for each epoch in `checkpoints` (modeldir/model-best.ckpt for "best"), or
     the newest checkpoint when it is empty; a CheckpointError that lists the checkpoints there when one of them
-    is missing."""
+    is missing. With `pretrained` (modeldir is the default one, not one the user named), a modeldir without
+    checkpoints gives the bundled network, [PRETRAINED], when no epochs are asked for."""
     have = list_checkpoints(modeldir)
     if not checkpoints:
+        if not have and pretrained:
+            return [PRETRAINED]
         if not have:
             raise CheckpointError(f"no checkpoints in {modeldir}: train a run into it first, or point "
                                   f"{field('modeldir')} at a run")
@@ -151,7 +152,8 @@ def checkpoint_tta(checkpoint, tta=None):
 
 def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, architecture=None, report=None):
     """Restore and evaluate each checkpoint on (x, y) (the test set), reporting each to `report` (a
-    hw2.events.Reporter: testing, tested) and keeping its accuracy in modeldir/test.csv -> list of evaluate()
+    hw2.events.Reporter: testing, tested) and keeping its accuracy in modeldir/test.csv (not for the bundled
+    network: hw2's own folder is no run's) -> list of evaluate()
     results. tta None: as each checkpoint was trained (its config's tta). With an `architecture` (a Config, or
     a dict of some of the ARCHITECTURE fields and the dataset of x and y), a checkpoint of another network or
     data set is an error."""
@@ -167,7 +169,8 @@ def evaluate_checkpoints(paths, x, y, device="auto", dtype="auto", tta=None, arc
                           dtype=dtype, tta=flip)
         report.tested(path, result)
         top5 = result["top5_accuracy"] if reports_top5(checkpoint.config["num_classes"]) else None
-        record_test(path, flip, result["accuracy"], top5)  # for the table of runs (python -m hw2 runs)
+        if Path(path).resolve() != PRETRAINED:
+            record_test(path, flip, result["accuracy"], top5)  # for the table of runs (python -m hw2 runs)
         results.append(result)
     return results
 

@@ -4,18 +4,22 @@ assignment's lines and a text progress bar (the command line's reporter, and a s
 hw2.notebook's adds a widget progress bar and live curves. The base class shows nothing, so a Python caller that
 passes no reporter runs silently.
 
-A message a reporter gets (`warning`) may name parameters with hw2.errors.field, which the reporter words its way
-(hw2.errors.in_words).
+A message a reporter gets (`warning`) names parameters as the front end in charge does (hw2.errors.field). What a
+reporter shows of a training run is also kept in the run's modeldir/log.txt (logging_to). With the Config's
+`tensorboard`, training reports to a Relay (hw2.tensorboard's), which passes every event on to the front end's
+reporter and writes TensorBoard's event files besides.
 """
+import contextlib
 import math
 from pathlib import Path
 
 from tqdm import tqdm
 
 from hw2.data import reports_top5
-from hw2.errors import field, in_words, python_words
+from hw2.errors import field
 from hw2.modeldir import BEST, list_checkpoints
 from hw2.models import count_parameters
+from hw2.runtime import dtype_name
 
 
 
@@ -34,13 +38,14 @@ class Reporter:
         """The run in modeldir has finished all its epochs already."""
 
     def warning(self, message):
-        """Something the user should know that does not stop the run (a str, may name fields)."""
+        """Something the user should know that does not stop the run."""
 
     def steps_begin(self, epoch, first_step, steps):
         """Epoch `epoch` (0-based) trains from step first_step (0, or where a resumed run stopped) of `steps`."""
 
-    def step(self):
-        """One more step of the epoch is done."""
+    def step(self, loss):
+        """One more step of the epoch is done; `loss` is its batch's loss, a tensor on the device, which reading
+        waits for the device: now and then only, never every step."""
 
     def steps_end(self):
         """The epoch's steps are over: all done, or stopped."""
@@ -62,26 +67,41 @@ class Reporter:
     def tested(self, path, result):
         """The checkpoint at path was tested: hw2.evaluate.evaluate's result."""
 
+    @contextlib.contextmanager
+    def logging_to(self, log):
+        """Inside the block, what this reporter shows is also written to `log`, an open text file (training's
+        modeldir/log.txt). The base class shows nothing, so it writes nothing."""
+        yield
+
 
 class Lines(Reporter):
     """Shows what training and testing report as the assignment's lines on stdout (`Epoch 36 Loss 0.2091
     Duration 48.022 seconds.`, `Test accuracy: 0.8612`) and each epoch's steps as a text progress bar: the
-    command line's way, which a notebook's reporter builds on. `words` names parameters in its messages
-    (hw2.errors: python_words, flag_words, ...)."""
+    command line's way, which a notebook's reporter builds on."""
 
-    def __init__(self, words=python_words):
-        self.bar, self.epochs, self.words = None, None, words
+    def __init__(self):
+        self.bar, self.epochs, self.log = None, None, None
 
     def show(self, text):
         print(text, flush=True)
+        if self.log is not None:
+            self.log.write(text + "\n")
+
+    @contextlib.contextmanager
+    def logging_to(self, log):
+        self.log = log
+        try:
+            yield
+        finally:
+            self.log = None
 
     def progress_bar(self, **kwargs):
         """A tqdm bar on stderr, which the lines on stdout leave alone when stdout goes to a file."""
         return tqdm(**kwargs)
 
     def continuing(self, modeldir):
-        self.show(in_words(f"{modeldir} holds a run of these same parameters: continuing it, as "
-                           f"{field('resume', True)} would (a new {field('modeldir')} trains another).", self.words))
+        self.show(f"{modeldir} holds a run of these same parameters: continuing it, as {field('resume', True)} "
+                  f"would (a new {field('modeldir')} trains another).")
 
     def resumed(self, path, epoch, step):
         self.show(f"Resuming from {path} (epoch {epoch}, step {step})")
@@ -89,19 +109,19 @@ class Lines(Reporter):
     def started(self, config, model, device, dtype):
         self.epochs = config.epochs
         self.show(f"ResNet-{model.depth} (version {config.resnet_version}, {count_parameters(model):,} parameters) "
-                  f"on {device} in {str(dtype).removeprefix('torch.')}")
+                  f"on {device} in {dtype_name(dtype)}")
 
     def nothing_to_train(self, modeldir, epochs):
         self.show(f"{modeldir} has finished all {epochs} epochs; nothing to train.")
 
     def warning(self, message):
-        self.show(f"warning: {in_words(message, self.words)}")
+        self.show(f"warning: {message}")
 
     def steps_begin(self, epoch, first_step, steps):
         self.bar = self.progress_bar(total=steps, initial=first_step, desc=f"Epoch {epoch + 1}/{self.epochs}",
                                      leave=False)
 
-    def step(self):
+    def step(self, loss):
         self.bar.update()
 
     def steps_end(self):
@@ -125,6 +145,27 @@ class Lines(Reporter):
         self.show(f"Test accuracy: {result['accuracy']:.4f}")
         if reports_top5(len(result["per_class_accuracy"])):
             self.show(f"Top-5 test accuracy: {result['top5_accuracy']:.4f}")
+
+
+class Relay(Reporter):
+    """Passes every event on to another reporter, `shown` (the front end's): the base of a reporter that does
+    more with some events, whatever the front end shows of them (hw2.tensorboard's writes them down)."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def logging_to(self, log):
+        return self.shown.logging_to(log)
+
+
+def _relay(name):
+    def relay(self, *args):
+        return getattr(self.shown, name)(*args)
+    return relay
+
+
+for _name in [name for name in vars(Reporter) if not name.startswith("_") and name != "logging_to"]:  # the events
+    setattr(Relay, _name, _relay(_name))
 
 
 def epoch_line(row):

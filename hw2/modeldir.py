@@ -6,7 +6,7 @@
     config.json                the run's Config as it was asked for (`Config.from_dict(json)` loads it)
     resolved.json              what hw2 decided for it: device, dtype, resumed or not, the paths it resolved to
     metrics.csv                one row per epoch, the METRICS columns (and valid_top5 for CIFAR-100)
-    log.txt                    what the run printed, each session appended (a progress bar as it last stood)
+    log.txt                    what the front end showed of the run (its lines), each run appended
     test.csv                   checkpoint,tta,accuracy(,top5): each test of a checkpoint on the test images, the
                                latest kept
     .lock                      held by the one training run that may write here (ModeldirLock)
@@ -20,7 +20,7 @@ import io
 import json
 import os
 import re
-import sys
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -36,9 +36,12 @@ NAME = re.compile(r"^model-(\d+)(?:-step(\d+))?\.ckpt$")  # the checkpoints a ru
 BEST = "model-best.ckpt"
 CONFIG, RESOLVED, LOG, METRICS_FILE, TESTS = "config.json", "resolved.json", "log.txt", "metrics.csv", "test.csv"
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]  # of train()'s rows
-# Config fields that say where and how a run computes, not what it learns: a run continued under other values of
-# these is still the same run, and runs of one recipe differ in these and the seed alone.
-NOT_THE_RUN = ("data_dir", "modeldir", "save_interval", "resume", "on_nan", "device", "dtype", "compile")
+# Config fields that say where and how a run computes and what it writes besides, not what it learns: a run
+# continued under other values of these is still the same run, and runs of one recipe differ in these and the seed
+# alone.
+NOT_THE_RUN = ("data_dir", "modeldir", "save_interval", "tensorboard", "resume", "on_nan", "device", "dtype",
+               "compile")
+TENSORBOARD = "tensorboard"  # modeldir's folder of TensorBoard event files (hw2.tensorboard)
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------
@@ -177,6 +180,14 @@ def read_resolved(folder):
     return {"device": config["device"], "dtype": config["dtype"]}
 
 
+def data_dir_of(folder, default="data"):
+    """Where to read a run's test images when not told: the data_dir it read its data from (resolved.json's, an
+    absolute path) while that folder exists, else `default` (the run was moved from another machine, is older
+    than resolved.json, or `folder` holds no run)."""
+    found = read_resolved(folder).get("data_dir") if (Path(folder) / RESOLVED).exists() else None
+    return found if found and Path(found).is_dir() else default
+
+
 def is_run(folder):
     return (Path(folder) / CONFIG).exists() or bool(list_checkpoints(folder))
 
@@ -202,52 +213,16 @@ def read_tests(folder):
         return list(csv.DictReader(f))
 
 
-class _Tee:
-    """A text stream that writes to `stream` and keeps each finished line in `log` as it last stood: text
-    after a carriage return replaces the line's earlier text, and a line left blank by a progress bar that
-    cleared itself is dropped. Anything else (encoding, isatty, ...) is the stream's."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log, self.line = stream, log, ""
-
-    def write(self, text):
-        self.stream.write(text)
-        *finished, self.line = (self.line + text).split("\n")
-        for line in finished:
-            self._keep(line)
-        self.line = self.line.rpartition("\r")[2]  # a progress bar redraws its line over and over
-        return len(text)
-
-    def _keep(self, line):
-        line = line.rpartition("\r")[2]
-        if line == "" or line.strip():
-            self.log.write(line + "\n")
-
-    def close_line(self):
-        if self.line.strip():
-            self._keep(self.line)
-
-    def flush(self):
-        self.stream.flush()
-        self.log.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
 @contextlib.contextmanager
-def log_output(modeldir, heading):
-    """Keep what is printed (stdout and stderr) inside the block in modeldir/log.txt, after `heading`; an
-    exception that ends the block is kept as its one line."""
-    with open(Path(modeldir) / LOG, "a", encoding="utf-8") as log:
+def open_log(modeldir, heading):
+    """modeldir/log.txt, open to append to after `heading`, for what the front end shows of the run (its reporter's
+    lines: hw2.events.Reporter.logging_to); an exception that ends the block is kept as its one line. Line-buffered,
+    so the file follows the run as it goes."""
+    with open(Path(modeldir) / LOG, "a", encoding="utf-8", buffering=1) as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {heading}\n")
-        out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                yield
+            yield log
         except BaseException as e:
-            out.close_line()
-            err.close_line()
             log.write(f"{type(e).__name__}: {e}\n")
             raise
 
@@ -366,6 +341,7 @@ def claim(modeldir, config, continue_same_run=False):
         if created and not list_checkpoints(modeldir):
             for name in (METRICS_FILE, CONFIG, RESOLVED, LOG):
                 (modeldir / name).unlink(missing_ok=True)
+            shutil.rmtree(modeldir / TENSORBOARD, ignore_errors=True)
             with contextlib.suppress(OSError):
                 modeldir.rmdir()
         raise

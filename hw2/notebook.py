@@ -12,20 +12,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hw2.config import FIELDS, Config, config_from, help_text
-from hw2.errors import NO_VALUE, ConfigError, Hw2Error
+from hw2.config import FIELDS, Config, config_from
+from hw2.errors import NO_VALUE, ConfigError, use_words
 from hw2.events import Lines
 from hw2.report import training_curves
+from hw2.tensorboard import require_tensorboard
 
 PAPERMILL_HEADER = "# Parameters\n"  # how the cell papermill injects after the parameters cell starts
-
-
-def parameter_lines(names=FIELDS):
-    """A parameters cell's lines: each Config field with its default and its meaning, `name = default  # help`."""
-    defaults = dataclasses.asdict(Config())
-    assignments = [f"{name} = {defaults[name]!r}" for name in names]
-    width = max(map(len, assignments), default=0)
-    return [f"{line:{width}}  # {help_text(name)}" for line, name in zip(assignments, names)]
 
 
 def project_dir(start="."):
@@ -62,13 +55,6 @@ def _kernel():
     return getattr(ipython.get_ipython(), "kernel", None) if ipython else None
 
 
-def _show_in_parameter_words(shell, etype, value, tb, tb_offset=None):
-    """IPython's handler of an Hw2Error raised by a cell: the notebook's except, which words the error's
-    parameters as the parameters cell sets them before IPython shows its one line (Hw2Error._render_traceback_)."""
-    value.words = parameter_words
-    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
-
-
 def cell_config(namespace, names=FIELDS, recipe=None):
     """Config from the variables a notebook's parameters cell sets: `names`, each of which must be in
     `namespace`, so that a rerun starts from what the cell says. With a recipe, the parameters the cell leaves at
@@ -89,16 +75,18 @@ def notebook_config(namespace, names=FIELDS, others=()):
     project's, which in_project spells from the kernel's folder where a cell uses them. `others` are the
     notebook's parameters that are not Config fields, among them `recipe` where the notebook takes one; any
     other name that papermill injected (`-p resnet_sise 5`) is a ConfigError, where it would otherwise be
-    ignored. In a kernel, from then on hw2's errors name parameters as the parameters cell does
-    (parameter_words)."""
-    kernel = _kernel()
-    if kernel is not None:
-        kernel.shell.set_custom_exc((Hw2Error,), _show_in_parameter_words)
+    ignored. In a kernel, from then on hw2's messages name parameters as the parameters cell does
+    (parameter_words), and IPython shows an hw2 error as its one line (Hw2Error._render_traceback_)."""
+    if _kernel() is not None:
+        use_words(parameter_words)
     unknown = sorted(injected_names(namespace.get("In", [])) - {*names, *others})
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not a parameter of this notebook; "
                           f"its parameters are {', '.join([*names, *others])}")
-    return cell_config(namespace, names, namespace.get("recipe") if "recipe" in others else None)
+    config = cell_config(namespace, names, namespace.get("recipe") if "recipe" in others else None)
+    if config.tensorboard:
+        require_tensorboard()  # without the package: refused here, before the cells that read data and train
+    return config
 
 
 def report_dir(config):
@@ -121,7 +109,7 @@ class NotebookReport(Lines):
     after each epoch (live in JupyterLab; a saved notebook keeps the last drawing, `figure`)."""
 
     def __init__(self, title=None):
-        super().__init__(parameter_words)
+        super().__init__()
         self.title, self.shown, self.figure = title, None, None
 
     def progress_bar(self, **kwargs):

@@ -2,11 +2,12 @@
 
 The layout is akamaster/pytorch_resnet_cifar10's (resnet20-12fca82f.th ... resnet1202-f3b1deed.th): a dict
 whose "state_dict", saved from nn.DataParallel, names conv1, bn1, layer{1,2,3}.{i}.conv{1,2}/bn{1,2} and
-linear, each prefixed with "module."; He et al.'s version 1 networks with zero-padding shortcuts (option A),
-trained on images scaled to [0, 1] and normalised with ImageNet's mean and std. `import_checkpoint` checks a
-file against that layout and writes it as modeldir/model-0.ckpt: epoch 0 of a run, so `python -m hw2 test`
-evaluates it and `python -m hw2 train --resume` fine-tunes it for as many epochs, at the learning rate and
-with the optimizer the flags say.
+linear, each prefixed with "module." (the same names saved unwrapped, compiled or from DistributedDataParallel
+import too); He et al.'s version 1 networks with zero-padding shortcuts (option A), trained on images scaled to
+[0, 1] and normalised with ImageNet's mean and std. `import_checkpoint` checks a file against that layout and
+writes it as modeldir/model-0.ckpt: epoch 0 of a run, so `python -m hw2 test` evaluates it and
+`python -m hw2 train --resume` fine-tunes it for as many epochs, at the learning rate and with the optimizer the
+flags say.
 """
 import dataclasses
 import hashlib
@@ -30,6 +31,9 @@ STD = [255 * s for s in (0.229, 0.224, 0.225)]
 # the start of each of hw2's names -> the published layout's (stack_layers.i. is layer{i+1}.)
 PREFIXES = {"start_layer.0.": "conv1.", "start_layer.1.": "bn1.", "output_layer.fc.": "linear."}
 SHOWN = 6  # names listed in an error, of those that do not fit
+# the prefixes a network's names get when it is saved wrapped: "module." from nn.DataParallel and
+# DistributedDataParallel, "_orig_mod." from torch.compile; a compiled DDP network has both, in either order
+WRAPPED = re.compile(r"^(?:module\.|_orig_mod\.)+")
 
 
 def published_name(name):
@@ -99,7 +103,7 @@ def _load(data, file, allow_unsafe):
 
 
 def _state_dict(checkpoint, file):
-    """The checkpoint's state_dict, its names without nn.DataParallel's "module." prefix."""
+    """The checkpoint's state_dict, its names without the prefixes of wrappers the network was saved in (WRAPPED)."""
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)):
         found = (f"a dict of {_listed(sorted(map(str, checkpoint)))}" if isinstance(checkpoint, dict)
                  else f"a {type(checkpoint).__name__}")
@@ -109,7 +113,7 @@ def _state_dict(checkpoint, file):
     odd = [str(name) for name, value in state.items() if not (isinstance(name, str) and torch.is_tensor(value))]
     if odd:
         raise CheckpointError(f"{file}'s state_dict holds more than named tensors: {_listed(odd)}")
-    return {name.removeprefix("module."): value for name, value in state.items()}
+    return {WRAPPED.sub("", name): value for name, value in state.items()}
 
 
 def _network(state, file):

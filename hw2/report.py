@@ -6,19 +6,20 @@ caller's back: a notebook shows one by leaving it as a cell's value, anyone can 
 """
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from hw2.augment import PAD, SIZE, Loader, channel_stats, pad_crop_flip
-from hw2.data import CLASSES
+from hw2.data import CLASSES, steps_per_epoch
 from hw2.modeldir import METRICS
 from hw2.models import SHORTCUTS, ResNet, count_parameters
 from hw2.runs import format_table
 from hw2.train import get_image_size, get_lr
 
-TRAINING_IMAGES = 50000  # CIFAR-10's five training batches, before the validation split
+ROOT = Path(__file__).resolve().parent.parent  # the repository hw2 is in (installed: the folder it is installed in)
 
 # The CIFAR-10 networks He et al. report, by (resnet_version, resnet_size): name and published parameter
 # count ("Deep Residual Learning", Table 6; "Identity Mappings", Table 3).
@@ -146,15 +147,6 @@ def stage_shapes(model):
 
 # --- training -----------------------------------------------------------------------------------------
 
-def steps_per_epoch(config, images=TRAINING_IMAGES):
-    """The SGD steps in one epoch of `config` on one process: its training split (less valid_size, at most
-    train_subset) in whole batches, as hw2.augment.Loader deals them."""
-    images -= config.valid_size
-    if config.train_subset:
-        images = min(images, config.train_subset)
-    return images // config.batch_size
-
-
 def schedule(config):
     """(progress, learning rate) at each step of `config`'s run, progress in epochs (epoch e, step s of n: e + s
     / n), from hw2.train.get_lr, which the training loop calls before every step; and (epoch, training image
@@ -249,6 +241,15 @@ def compare_curves(runs, title=""):
 
 # --- evaluation ---------------------------------------------------------------------------------------
 
+def title_path(path):
+    """A path as a figure's title names it: from the repository's top folder where it lies in the repository
+    (a notebook's kernel starts in notebooks/ and spells it ../runs/...), else as given."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def confused_pairs(confusion, classes=CLASSES, count=5):
     """The `count` largest off-diagonal cells of a confusion matrix as a table: true class, predicted class,
     images, and their share of the true class's images."""
@@ -280,13 +281,6 @@ def write_confusion(path, confusion, classes=CLASSES):
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted", *classes[:len(confusion)]])
         writer.writerows([name, *map(int, row)] for name, row in zip(classes, np.asarray(confusion)))
-
-
-def read_confusion(path):
-    """write_confusion's file -> (the confusion matrix, int [C, C]; the class names)."""
-    with open(path, newline="") as f:
-        header, *rows = csv.reader(f)
-    return np.array([[int(count) for count in row[1:]] for row in rows]), header[1:]
 
 
 def per_class_table(result, classes=CLASSES):

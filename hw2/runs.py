@@ -72,11 +72,16 @@ def _duration(seconds):
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
+def run_metrics(folder):
+    """A run's metrics rows: its metrics.csv; none before its first epoch."""
+    path = Path(folder) / METRICS_FILE
+    return read_metrics(path) if path.exists() else []
+
+
 def run_row(folder):
     """One run's row of runs_table."""
     config = read_config(folder)
-    metrics_path = Path(folder) / METRICS_FILE
-    metrics = read_metrics(metrics_path) if metrics_path.exists() else []
+    metrics = run_metrics(folder)
     valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
     best = max(valid, key=lambda row: row["valid_acc"], default=None)  # the first of equals, as model-best.ckpt
     tests = [row for row in read_tests(folder) if NAME.match(row["checkpoint"])]  # model-best.ckpt's aside

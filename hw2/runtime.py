@@ -65,8 +65,8 @@ def system_has_nvidia_gpu():
 
 
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """AVX512-BF16 or AMX: without them oneDNN's bfloat16 convolutions fall back to slow kernels (measured 15x
-    slower than float32 on a 2-core AVX2-only EPYC). Read from Linux's /proc/cpuinfo; elsewhere False."""
+    """AVX512-BF16 or AMX: without them oneDNN's bfloat16 convolutions fall back to slow kernels, far slower than
+    float32. Read from Linux's /proc/cpuinfo; elsewhere False."""
     try:
         flags = Path(cpuinfo).read_text()
     except OSError:
@@ -89,6 +89,11 @@ def resolve_dtype(dtype, device):
     if device.type == "mps":
         return torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def dtype_name(dtype):
+    """torch.bfloat16 -> 'bfloat16': a dtype as messages, resolved.json and the benchmarks name it."""
+    return str(dtype).removeprefix("torch.")
 
 
 def fused_sgd_can_skip(device):

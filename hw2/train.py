@@ -6,9 +6,12 @@ exactly (batch order and augmentation are pure functions of seed, epoch and step
 after the current step with a checkpoint. The step never waits for the device: whether a loss was finite is
 decided on the device (the fused SGD kernel skips the update), and the host looks every CHECK_EVERY steps.
 
-Training prints nothing: what happens goes to a hw2.events.Reporter, which each front end renders. What the
-modeldir holds and whether a run may continue the one in it is hw2.modeldir's.
+Training prints nothing: what happens goes to a hw2.events.Reporter, which each front end renders, and what the
+reporter shows is kept in modeldir/log.txt; with `tensorboard`, TensorBoard's event files in modeldir/tensorboard/
+are written as well (hw2.tensorboard). What the modeldir holds and whether a run may continue the one in it is
+hw2.modeldir's.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -26,12 +29,15 @@ from hw2.data import download, load_data, reports_top5, train_valid_split
 from hw2.errors import ConfigError, Interrupted, TrainingDiverged, field
 from hw2.evaluate import evaluate
 from hw2.events import Reporter
-from hw2.modeldir import (claim, latest_checkpoint, list_checkpoints, log_output, save_best, save_checkpoint,
-                          write_config, write_metrics)
-from hw2.runtime import autocast, resolve_device, resolve_dtype, stop_signals, use_fastest_kernels
+from hw2.modeldir import (TENSORBOARD, claim, latest_checkpoint, list_checkpoints, open_log, save_best,
+                          save_checkpoint, write_config, write_metrics)
+from hw2.runtime import autocast, dtype_name, resolve_device, resolve_dtype, stop_signals, use_fastest_kernels
 from hw2.state import EpochTotals, TrainingState
+from hw2.tensorboard import TensorBoardReport, require_tensorboard
 
-CHECK_EVERY = 50  # steps between the host's looks at the device's non-finite count and at the stop flag across processes
+# steps between the host's looks at the device's non-finite count, at the processes' stop flags and, with
+# tensorboard, at a step's loss
+CHECK_EVERY = 50
 
 
 def get_lr(progress, config):
@@ -125,11 +131,11 @@ class CompiledStep:
         self.network = torch.compile(network) if compile else network
 
     def __call__(self, optimizer, *args):
-        if self.network is self.eager:
-            return train_step(self.network, optimizer, *args)
         try:
             return train_step(self.network, optimizer, *args)
         except Exception as e:  # torch's compiler errors share no base class
+            if self.network is self.eager:
+                raise
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             self.report.warning(f"torch.compile failed ({type(e).__name__}: {reason}); training without it. Set "
                                 f"{field('compile', False)} to skip the attempt.")
@@ -151,6 +157,17 @@ def check_finite(totals, epoch, on_nan, modeldir):
     return skipped
 
 
+def validate(model, x_valid, y_valid, loader, config, dtype):
+    """The metrics row's validation columns: the loss and accuracy of `model` on the validation split, normalised
+    as the training images are (and its top-5 accuracy where the data set has 100 classes); NaN without one."""
+    if not len(x_valid):
+        return {"valid_loss": float("nan"), "valid_acc": float("nan")}
+    result = evaluate(model, x_valid, y_valid, (loader.mean, loader.std), device=loader.device, dtype=dtype,
+                      tta=config.tta)
+    top5 = {"valid_top5": result["top5_accuracy"]} if reports_top5(config.num_classes) else {}
+    return {"valid_loss": result["loss"], "valid_acc": result["accuracy"], **top5}
+
+
 def _start_processes(device):
     """(rank, world size, device). Under torchrun: the process group on the backend that serves the device
     (NCCL for CUDA tensors, gloo for CPU ones), each process bound to its own GPU."""
@@ -169,14 +186,15 @@ def _start_processes(device):
 def train(config, report=None, continue_same_run=False, base_dir="."):
     """Train a ResNet as `config` says -> (model, metrics rows); the model is the weights' moving average where
     config.ema_decay asks for one. What happens is reported to `report` (a hw2.events.Reporter; None: nothing is
-    shown) on the main process; what the front end prints meanwhile is kept in modeldir/log.txt, the config as
-    given in modeldir/config.json and what was decided for it (device, dtype, resumed or not, the paths) in
-    modeldir/resolved.json (hw2.modeldir).
+    shown) on the main process, which keeps what it shows in modeldir/log.txt, the config as given in config.json
+    and what was decided for it (device, dtype, resumed or not, the paths) in resolved.json (hw2.modeldir).
 
     base_dir: the folder that relative data_dir and modeldir start from (a notebook's: its project).
     continue_same_run (the notebooks, whose Run All must be safe to repeat; one process): a modeldir that holds
     a run of the same parameters is continued as resume would, and a finished one returned at once."""
     report = report or Reporter()
+    if config.tensorboard:
+        require_tensorboard()  # without the package: refused before anything is read or written
     device = resolve_device(config.device)  # first: the device decides the process group's backend
     rank, world, device = _start_processes(device)
     modeldir, data_dir = Path(base_dir) / config.checkpoint_dir, Path(base_dir) / config.data_dir
@@ -184,22 +202,30 @@ def train(config, report=None, continue_same_run=False, base_dir="."):
         if config.batch_size % world:
             raise ConfigError(f"batch_size {config.batch_size} must divide evenly over {world} processes")
         if rank > 0:  # the main process decides, writes the files and reports
-            return _train(config, modeldir, data_dir, config.resume, (rank, world, device), Reporter())
-        with claim(modeldir, config, continue_same_run) as resume, log_output(modeldir, "train"):
-            if resume and not config.resume:
-                report.continuing(modeldir)
-            return _train(config, modeldir, data_dir, resume, (rank, world, device), report)
+            return _train(config, modeldir, data_dir, config.resume, rank, world, device, Reporter())
+        with claim(modeldir, config, continue_same_run) as resume, open_log(modeldir, "train") as log:
+            with _reporter(report, config, modeldir) as report, report.logging_to(log):
+                if resume and not config.resume:
+                    report.continuing(modeldir)
+                return _train(config, modeldir, data_dir, resume, rank, world, device, report)
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def _train(config, modeldir, data_dir, resume, process, report):
-    """The run on one process, (rank, world size, device), from its start or from the newest checkpoint in
-    modeldir when `resume`: the epochs, each trained (_run_steps), validated, written to metrics.csv and
-    checkpointed as save_interval says; a stop request ends it with a mid-epoch checkpoint and Interrupted. Only
-    the main process (rank 0) validates and writes files."""
-    rank, world, device = process
+def _reporter(report, config, modeldir):
+    """What the main process reports to (a context manager): `report`, or with config.tensorboard a reporter that
+    passes every event on to it and writes TensorBoard's event files in modeldir/tensorboard/."""
+    if not config.tensorboard:
+        return contextlib.nullcontext(report)
+    return TensorBoardReport(report, Path(modeldir) / TENSORBOARD, CHECK_EVERY)
+
+
+def _train(config, modeldir, data_dir, resume, rank, world, device, report):
+    """The run on process `rank` of `world` (0: the main one, which alone validates, writes files and reports), from
+    its start or, when `resume`, from the newest checkpoint in modeldir. Each epoch trains its steps, then checks
+    that the losses were finite, validates, writes metrics.csv, saves the checkpoints that are due and reports the
+    epoch; a stop request ends the run with a mid-epoch checkpoint and Interrupted."""
     main, dtype = rank == 0, resolve_dtype(config.dtype, device)
     use_fastest_kernels(device)
     loader, (x_valid, y_valid) = _load_data(config, data_dir, rank, world, device)
@@ -210,27 +236,48 @@ def _train(config, modeldir, data_dir, resume, process, report):
         state.model, device_ids=[device] if device.type == "cuda" else None)
     step = CompiledStep(network, config.compile, report)
     if main:
-        _start(config, modeldir, data_dir, state, (device, dtype, resume, world), report)
+        write_config(modeldir, config, {"device": str(device), "dtype": dtype_name(dtype), "resume": resume,
+                                        "modeldir": str(modeldir.resolve()), "data_dir": str(data_dir.resolve()),
+                                        "processes": world})
+        write_metrics(modeldir, state.metrics)  # a resumed run's rows newer than its checkpoint are dropped
+        report.started(config, state.model, device, dtype)
+        late = [m for m in config.lr_milestones if m >= config.epochs]
+        if late and config.lr_schedule == "step":
+            report.warning(f"lr_milestones {late} are not below epochs ({config.epochs}), so they never take "
+                           f"effect; set {field('lr_milestones')} to change that")
+        if state.epoch == config.epochs:
+            report.nothing_to_train(modeldir, config.epochs)
     with _StopRequests(report) as stop:
         for epoch in range(state.epoch, config.epochs):
             totals = EpochTotals(device, state.partial)
-            stopped_at = _run_steps(step, state, loader, epoch, totals, stop, (config, modeldir, world, dtype), report)
-            if stopped_at is not None:
-                state.epoch, state.step, state.partial = epoch, stopped_at, totals.partial()
-                path = _save(modeldir, state, config, loader) if main else None  # the main process writes it
-                raise Interrupted(stop.signum or signal.SIGTERM, path)
+            step.network.train()
+            report.steps_begin(epoch, state.step, len(loader))
+            try:
+                for i, images, labels in loader.batches(epoch, state.step, get_image_size(epoch, config)):
+                    for group in state.optimizer.param_groups:
+                        group["lr"] = get_lr(epoch + i / len(loader), config)
+                    loss, logits, finite = step(state.optimizer, images, labels, device, dtype,
+                                                config.label_smoothing, state.scaler)
+                    if state.average:
+                        state.average.update(epoch * len(loader) + i)
+                    totals.add(i, loss, logits, labels, finite)
+                    report.step(loss)
+                    look = (i + 1) % CHECK_EVERY == 0  # reading the device's flags waits for it: only now and then
+                    if look and config.on_nan == "stop":
+                        check_finite(totals, epoch, config.on_nan, modeldir)
+                    if (look or world == 1) and stop.requested(world, device):
+                        state.epoch, state.step, state.partial = epoch, i + 1, totals.partial()
+                        path = save_checkpoint(modeldir, _checkpoint(state, config, loader)) if main else None
+                        raise Interrupted(stop.signum or signal.SIGTERM, path)
+            finally:
+                report.steps_end()
             skipped = check_finite(totals, epoch, config.on_nan, modeldir)
             train_loss, train_acc = totals.means(world)
             row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                   "train_acc": train_acc, "valid_loss": float("nan"), "valid_acc": float("nan")}
-            if main and len(x_valid):
-                result = evaluate(state.evaluated, x_valid, y_valid, (loader.mean, loader.std), device=device,
-                                  dtype=dtype, tta=config.tta)
-                row.update(valid_loss=result["loss"], valid_acc=result["accuracy"])
-                if reports_top5(config.num_classes):
-                    row["valid_top5"] = result["top5_accuracy"]
-            row["seconds"] = totals.seconds()
-            best = max((m["valid_acc"] for m in state.metrics), default=-1.0)  # of the whole run, resumed or not
+                   "train_acc": train_acc, **validate(state.evaluated, x_valid, y_valid, loader, config, dtype),
+                   "seconds": totals.seconds()}  # the epoch's time, its validation included
+            # the best of the whole run, resumed or not; never without a validation split (NaN is not more)
+            best = row["valid_acc"] > max((m["valid_acc"] for m in state.metrics), default=-1.0)
             state.metrics.append(row)
             state.epoch, state.step, state.partial = epoch + 1, 0, None
             if main:
@@ -238,8 +285,8 @@ def _train(config, modeldir, data_dir, resume, process, report):
                 if skipped:
                     report.warning(f"skipped {skipped} batches of epoch {epoch + 1} whose loss was not finite")
                 if (epoch + 1) % config.save_interval == 0 or epoch + 1 == config.epochs:
-                    _save(modeldir, state, config, loader)
-                if row["valid_acc"] > best:  # never with no validation split: NaN is not more than anything
+                    save_checkpoint(modeldir, _checkpoint(state, config, loader))
+                if best:
                     save_best(modeldir, _checkpoint(state, config, loader))
                 report.epoch_finished(row, state.metrics)
     if main:
@@ -247,58 +294,10 @@ def _train(config, modeldir, data_dir, resume, process, report):
     return state.evaluated, state.metrics
 
 
-def _run_steps(step, state, loader, epoch, totals, stop, run, report):
-    """The steps of epoch `epoch` from state.step, each added to totals -> None when the epoch ran to its end, or
-    the number of steps done when a stop was requested. `run` is (config, modeldir, world size, dtype)."""
-    config, modeldir, world, dtype = run
-    device = loader.device
-    step.network.train()
-    report.steps_begin(epoch, state.step, len(loader))
-    try:
-        for i, images, labels in loader.batches(epoch, state.step, get_image_size(epoch, config)):
-            for group in state.optimizer.param_groups:
-                group["lr"] = get_lr(epoch + i / len(loader), config)
-            loss, logits, finite = step(state.optimizer, images, labels, device, dtype, config.label_smoothing,
-                                        state.scaler)
-            if state.average:
-                state.average.update(epoch * len(loader) + i)
-            totals.add(i, loss, logits, labels, finite)
-            report.step()
-            if config.on_nan == "stop" and (i + 1) % CHECK_EVERY == 0:
-                check_finite(totals, epoch, config.on_nan, modeldir)
-            if (world == 1 or (i + 1) % CHECK_EVERY == 0) and stop.requested(world, device):
-                return i + 1
-    finally:
-        report.steps_end()
-    return None
-
-
-def _start(config, modeldir, data_dir, state, decided, report):
-    """Write config.json, resolved.json and metrics.csv as it stands (dropping rows newer than a resumed
-    checkpoint), and report the start. `decided` is (device, dtype, resume, world size)."""
-    device, dtype, resume, world = decided
-    resolved = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "resume": resume,
-                "modeldir": str(modeldir.resolve()), "data_dir": str(data_dir.resolve()), "processes": world}
-    write_config(modeldir, config, resolved)
-    write_metrics(modeldir, state.metrics)
-    report.started(config, state.model, device, dtype)
-    late = [m for m in config.lr_milestones if m >= config.epochs]
-    if late and config.lr_schedule == "step":
-        report.warning(f"lr_milestones {late} are not below epochs ({config.epochs}), so they never take "
-                       f"effect; set {field('lr_milestones')} to change that")
-    if state.epoch == config.epochs:
-        report.nothing_to_train(modeldir, config.epochs)
-
-
 def _checkpoint(state, config, loader):
     """The Checkpoint of the state as it stands, with the config and the normalisation."""
     return Checkpoint(config=dataclasses.asdict(config), mean=loader.mean.flatten().tolist(),
                       std=loader.std.flatten().tolist(), **state.state_dict())
-
-
-def _save(modeldir, state, config, loader):
-    """Save the state as it stands under its position's name -> the path."""
-    return save_checkpoint(modeldir, _checkpoint(state, config, loader))
 
 
 def _resume(state, loader, modeldir, config, report):
@@ -314,7 +313,8 @@ def _resume(state, loader, modeldir, config, report):
 
 
 def _load_data(config, data_dir, rank, world, device):
-    """-> (the training Loader of this process, (x_valid, y_valid)), the split and any subset as config says."""
+    """-> (the training Loader of this process, (x_valid, y_valid)), the split and any subset as config says; the
+    validation split is the main process's alone (empty on the others, which do not validate)."""
     if rank == 0:
         download(data_dir, dataset=config.dataset)
     if world > 1:
@@ -323,6 +323,8 @@ def _load_data(config, data_dir, rank, world, device):
     x_train, y_train, x_valid, y_valid = train_valid_split(x_train, y_train, config.valid_size, config.seed)
     if config.train_subset:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
+    if rank > 0:
+        x_valid, y_valid = x_valid[:0], y_valid[:0]
     loader = Loader(x_train, y_train, config.batch_size // world, channel_stats(x_train), device, training=True,
                     seed=config.seed, shard=(rank, world), cutout=config.cutout, flip=config.flip)
     if len(loader) == 0:

@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a small synthetic CIFAR-10 and CIFAR-100 in the official layouts (and an HTTP
 server on 127.0.0.1 to download them from), the real CIFAR-10 stand-in when it has been prepared in data/, the Config
 of a seconds-long training run, and checkpoints of untrained networks."""
+import csv
 import dataclasses
 import functools
 import http.server
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from hw2.checkpoint import Checkpoint
-from hw2.config import SMALL_RUN, Config
+from hw2.config import FIELDS, SMALL_RUN, Config, help_text
 from hw2.data import BATCH_DIR, BATCHES, CIFAR100_CLASSES, DATASETS, TEST_BATCH
 from hw2.models import build_network
 
@@ -150,6 +151,10 @@ def http_server(tmp_path):
 TEST_RUN = {**SMALL_RUN, "first_num_filters": 8, "lr_schedule": "step", "lr_milestones": [2], "batch_size": 20,
             "learning_rate": 0.05, "epochs": 3, "valid_size": 40, "save_interval": 2, "device": "cpu"}
 
+# Notebook 03's suggested first try (its markdown names these values; test_notebooks.py checks that they agree),
+# SMALL_RUN for one epoch on 500 images, so that the notebook's whole Run All takes about a minute.
+FIRST_TRY = {**SMALL_RUN, "epochs": 1, "train_subset": 500, "valid_size": 200, "modeldir": "runs/try"}
+
 
 def small_settings(cifar_dir, modeldir, **overrides):
     """TEST_RUN on cifar_dir writing to modeldir, with `overrides`; milestones past the epochs asked for are
@@ -182,6 +187,22 @@ def metric_rows(epochs):
     """`epochs` rows of metrics.csv as read_metrics returns them, without validation (valid_size 0)."""
     return [{"epoch": epoch, "lr": 0.1 / epoch, "train_loss": 2 / epoch, "train_acc": 0.2 * epoch,
              "valid_loss": float("nan"), "valid_acc": float("nan"), "seconds": 1.5} for epoch in range(1, epochs + 1)]
+
+
+def parameter_lines(names=FIELDS):
+    """A notebook's parameters cell as its lines: each Config field with its default and its meaning,
+    `name = default  # help`."""
+    defaults = dataclasses.asdict(Config())
+    assignments = [f"{name} = {defaults[name]!r}" for name in names]
+    width = max(map(len, assignments), default=0)
+    return [f"{line:{width}}  # {help_text(name)}" for line, name in zip(assignments, names)]
+
+
+def read_confusion(path):
+    """hw2.report.write_confusion's file -> (the confusion matrix, int [C, C]; the class names)."""
+    with open(path, newline="") as f:
+        header, *rows = csv.reader(f)
+    return np.array([[int(count) for count in row[1:]] for row in rows]), header[1:]
 
 
 def untrained_checkpoint(path, **fields):

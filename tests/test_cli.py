@@ -1,5 +1,5 @@
 """The command line as a user meets it: flags made from Config, help with defaults, `test` reading the network
-from the checkpoint, expected failures as one line, the README's flag table and commands."""
+from the checkpoint, expected failures as one line, the flag table of docs/cli.md."""
 import dataclasses
 import json
 import re
@@ -16,10 +16,11 @@ from hw2.cli import build_parser
 from hw2.config import FAST_RECIPE, FIELDS, RECIPES, Config, help_text
 from hw2.data import BATCH_DIR
 from hw2.errors import CheckpointError, format_default
-from hw2.modeldir import ModeldirLock, run_differences
+from hw2.modeldir import ModeldirLock, data_dir_of, run_differences
 from conftest import as_flags, small_settings, untrained_checkpoint
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README, CLI_PAGE = ROOT / "README.md", ROOT / "docs" / "cli.md"
 
 
 def help_of(command, capsys, monkeypatch):
@@ -67,18 +68,19 @@ def test_abbreviated_flags_are_refused(argv, capsys):
 
 
 def flag_table():
-    """The README's flag table as Config says it: each field, its default and its meaning."""
+    """docs/cli.md's flag table as Config says it: each field, its default and its meaning."""
     defaults = dataclasses.asdict(Config())
     rows = [f"| `--{name}` | `{format_default(defaults[name])}` | {help_text(name)} |" for name in FIELDS]
     return "\n".join(["| flag | default | meaning |", "| --- | --- | --- |", *rows])
 
 
-def test_the_readme_flag_table_is_the_config():
-    assert flag_table() in README.read_text(), f"README.md's flag table should be\n{flag_table()}"
+def test_the_flag_table_of_the_docs_is_the_config():
+    assert flag_table() in CLI_PAGE.read_text(), f"docs/cli.md's flag table should be\n{flag_table()}"
 
 
-def test_the_readme_names_existing_recipes():
-    named = set(re.findall(r"--recipe (\w+)", README.read_text()))
+def test_the_readme_and_docs_name_existing_recipes():
+    text = "".join(page.read_text() for page in [README, *(ROOT / "docs").glob("*.md")])
+    named = set(re.findall(r"(?:--recipe|-p recipe) (\w+)", text))
     assert named and named <= set(RECIPES)
 
 
@@ -139,7 +141,7 @@ def test_a_modeldir_in_use_is_one_line(cifar_dir, tmp_path, capsys):
 def test_pyproject_declares_what_the_requirements_files_install():
     """The same packages, and each version that requirements*.txt pins (or starts from) allowed by pyproject."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    root = README.parent
+    root = ROOT
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     declared = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
     declared = {r.name: r.specifier for r in map(Requirement, declared) if r.name != "hw2"}
@@ -171,6 +173,27 @@ def test_cli_train_then_test(cifar_dir, tmp_path):
     assert bad.returncode == 2 and "resnet_version must be 1 or 2" in bad.stderr
 
 
+def test_test_reads_the_data_where_the_run_read_it_while_it_is_there(cifar_dir, tmp_path, monkeypatch, capsys):
+    """A run trained with a relative --data_dir is tested from another folder with --modeldir alone: its
+    resolved.json says where the data was."""
+    (tmp_path / "work").mkdir()
+    shutil.copytree(cifar_dir, tmp_path / "work" / "elsewhere")
+    monkeypatch.chdir(tmp_path / "work")
+    settings = small_settings("elsewhere", "run", epochs=1)
+    assert cli.main(["train", *as_flags(settings)]) == 0
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    capsys.readouterr()
+    assert cli.main(["test", "--modeldir", "../work/run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"Testing model-1.ckpt of ../work/run on the CIFAR-10 test batch in "
+                               f"{(tmp_path / 'work' / 'elsewhere').resolve()} (")
+    assert lines[2].startswith("Test accuracy: ")
+    assert data_dir_of("../work/run") == str((tmp_path / "work" / "elsewhere").resolve())
+    shutil.rmtree(tmp_path / "work" / "elsewhere")  # gone, or on another machine: the default
+    assert data_dir_of("../work/run") == "data" and data_dir_of(tmp_path) == "data"
+
+
 @pytest.mark.parametrize("overrides", [dict(nesterov=True, lr_milestones=[1, 2]),
                                        dict(tta=False, lr_milestones=[], modeldir="")])
 def test_as_flags_are_read_back_as_the_settings(cifar_dir, tmp_path, overrides):
@@ -195,14 +218,14 @@ def test_fast60_recipe_is_the_configuration_of_its_reported_runs(monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "train", lambda config, report: seen.setdefault("config", config))
     assert cli.main(["train", "--recipe", "fast60"]) == 0
-    runs = sorted((README.parent / "reports" / "fast60").glob("fast60_seed*"))
+    runs = sorted((ROOT / "reports" / "fast60").glob("fast60_seed*"))
     assert len(runs) >= 3
     for run in runs:  # fields newer than the runs (cutout, flip) count as their defaults, which the runs had
         assert set(run_differences(json.loads((run / "config.json").read_text()), seen["config"])) <= {"seed"}
 
 
 def test_runs_prints_one_row_per_run_and_names_a_folder_that_is_not_one(capsys):
-    reports = README.parent / "reports"
+    reports = ROOT / "reports"
     assert cli.main(["runs", str(reports / "r20_he"), str(reports / "r20_5ep")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["run", "network", "recipe", "parameters", "epochs", "best", "valid", "(epoch)", "last",

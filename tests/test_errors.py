@@ -1,6 +1,6 @@
-"""Error messages name parameters with hw2.errors.field, and each front end words them in its own except, by
-setting the error's `words`: keyword arguments for a Python caller (the default), flags on the command line,
-assignments in a notebook. No state outside the error decides it."""
+"""Error messages name parameters with hw2.errors.field, worded as the front end in charge names them: keyword
+arguments for a Python caller (the default), flags on the command line, assignments in a notebook. A message is
+worded as it is made, so it reads the same wherever it is shown."""
 import signal
 
 import pytest
@@ -9,7 +9,7 @@ import torch
 from hw2 import cli
 from hw2.config import Config
 from hw2.data import load_data
-from hw2.errors import NO_VALUE, ConfigError, DataError, Hw2Error, Interrupted, field, in_words
+from hw2.errors import NO_VALUE, ConfigError, DataError, Hw2Error, Interrupted, field, python_words, worded_as
 from hw2.runtime import resolve_device
 
 
@@ -26,45 +26,57 @@ def error():
     return Hw2Error(f"no GPU here; use {field('device', 'cpu')}, or point {field('data_dir')} elsewhere")
 
 
+def message(words, make):
+    """str() of what make() returns or raises (an Hw2Error), made while `words` is in charge."""
+    with worded_as(words):
+        try:
+            return str(make())
+        except Hw2Error as e:
+            return str(e)
+
+
 def test_a_message_reads_in_python_words_by_default():
     assert str(error()) == "no GPU here; use device='cpu', or point data_dir elsewhere"
 
 
-def worded(error, words):
-    error.words = words
-    return str(error)
-
-
 def test_the_front_end_in_charge_words_the_fields():
-    assert worded(error(), flag_words) == "no GPU here; use --device cpu, or point --data_dir elsewhere"
-    assert worded(error(), notebook_words) == "no GPU here; use device = 'cpu', or point data_dir = ... elsewhere"
-    assert in_words(error().args[0], notebook_words) == worded(error(), notebook_words)  # a reporter's messages
+    assert message(flag_words, error) == "no GPU here; use --device cpu, or point --data_dir elsewhere"
+    assert message(notebook_words, error) == "no GPU here; use device = 'cpu', or point data_dir = ... elsewhere"
 
 
-def test_wording_one_error_leaves_every_other_in_python_words(cifar_dir, capsys):
-    assert worded(error(), flag_words).startswith("no GPU here; use --device cpu")
+def test_a_front_end_words_what_is_made_while_it_is_in_charge_and_nothing_after(cifar_dir, capsys):
+    made_before = error()
+    assert message(flag_words, lambda: made_before) == "no GPU here; use device='cpu', or point data_dir elsewhere"
+    with pytest.raises(ValueError), worded_as(flag_words):  # given back also when the block fails
+        raise ValueError
     assert str(error()) == "no GPU here; use device='cpu', or point data_dir elsewhere"
-    assert cli.main(["test", "--modeldir", "nowhere", "--data_dir", str(cifar_dir)]) == 2  # the CLI's except
+    assert cli.main(["test", "--modeldir", "nowhere", "--data_dir", str(cifar_dir)]) == 2  # the CLI's words
     assert "--modeldir" in capsys.readouterr().err
     assert str(error()) == "no GPU here; use device='cpu', or point data_dir elsewhere"
 
 
 def test_the_librarys_errors_name_their_fields(tmp_path, monkeypatch):
-    with pytest.raises(DataError) as missing:
-        load_data(tmp_path / "nowhere")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError) as no_cuda:
-        resolve_device("cuda")
-    with pytest.raises(ConfigError) as bad:
-        Config(epochs=0)
-    assert "--" not in str(no_cuda.value) and "\x1f" not in str(missing.value)  # Python words until a front end's
-    assert worded(missing.value, flag_words).endswith("or point --data_dir at the folder holding cifar-10-batches-py/")
-    assert worded(no_cuda.value, flag_words) == ("--device cuda was asked for but torch sees no CUDA GPU; "
-                                                 "use --device cpu or --device auto")
-    assert worded(bad.value, flag_words) == "--epochs must be an integer >= 1, got 0"
-    assert "or point data_dir = ... at the folder" in worded(missing.value, notebook_words)
-    assert worded(no_cuda.value, notebook_words) == ("device = 'cuda' was asked for but torch sees no CUDA GPU; "
-                                                     "use device = 'cpu' or device = 'auto'")
+    def missing():
+        return load_data(tmp_path / "nowhere")
+
+    def no_cuda():
+        return resolve_device("cuda")
+
+    def bad():
+        return Config(epochs=0)
+
+    for make, kind in ((missing, DataError), (no_cuda, ConfigError), (bad, ConfigError)):
+        with pytest.raises(kind):
+            make()
+    assert "--" not in message(python_words, no_cuda)  # Python words unless a front end is in charge
+    assert message(flag_words, missing).endswith("or point --data_dir at the folder holding cifar-10-batches-py/")
+    assert message(flag_words, no_cuda) == ("--device cuda was asked for but torch sees no CUDA GPU; "
+                                            "use --device cpu or --device auto")
+    assert message(flag_words, bad) == "--epochs must be an integer >= 1, got 0"
+    assert "or point data_dir = ... at the folder" in message(notebook_words, missing)
+    assert message(notebook_words, no_cuda) == ("device = 'cuda' was asked for but torch sees no CUDA GPU; "
+                                                "use device = 'cpu' or device = 'auto'")
 
 
 def test_a_stopped_process_other_than_the_main_one_says_who_wrote_the_checkpoint():

@@ -1,6 +1,8 @@
 """`python -m hw2 import`: a checkpoint in the layout of akamaster/pytorch_resnet_cifar10, written here with random
 weights, gives the logits of an independent forward pass written from that layout; it tests and fine-tunes;
-files of other layouts, damaged files and files that need unsafe loading are refused with what does not fit."""
+files of other layouts, damaged files and files that need unsafe loading are refused with what does not fit. Names
+saved from a compiled or data-parallel network import too, and hw2's own runs, compiled, data parallel or both,
+checkpoint their network without those wrappers' prefixes."""
 import collections
 import dataclasses
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import small_config
 from hw2 import cli
 from hw2.augment import Loader
 from hw2.checkpoint import Checkpoint
@@ -16,8 +19,11 @@ from hw2.config import Config
 from hw2.data import load_test_data
 from hw2.errors import CheckpointError, ModeldirError
 from hw2.evaluate import fold_batchnorm, predict, restore
+from hw2.events import Lines
 from hw2.models import ResNet
-from hw2.published import import_checkpoint
+from hw2.published import WRAPPED, import_checkpoint
+from hw2.train import train
+from test_distributed import SETTINGS, torchrun
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -206,3 +212,60 @@ def test_a_checkpoint_from_before_the_shortcut_choice_restores_as_projection(tmp
     restored, checkpoint = restore(tmp_path / "model-1.ckpt", "cpu")
     assert checkpoint.config["shortcut"] == "projection"
     assert restored.stack_layers[1][0].projection_shortcut is not None
+
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
+def test_names_saved_compiled_or_data_parallel_import_as_the_published_ones(prefix, tmp_path, cifar_dir, capsys):
+    """The published ResNet-20's names with torch.compile's and (Distributed)DataParallel's prefixes, in place of
+    its "module.": the same checkpoint, which tests the same."""
+    published = write_published(tmp_path / "resnet20.th", 3)
+    torch.save({"state_dict": {prefix + name.removeprefix("module."): value for name, value in published.items()}},
+               tmp_path / "wrapped.th")
+    tested = []
+    for name in ("resnet20.th", "wrapped.th"):
+        modeldir = tmp_path / name.removesuffix(".th")
+        assert cli.main(["import", str(tmp_path / name), "--modeldir", str(modeldir)]) == 0
+        capsys.readouterr()
+        assert cli.main(["test", "--modeldir", str(modeldir), "--data_dir", str(cifar_dir), "--device", "cpu",
+                         "--dtype", "float32"]) == 0
+        tested.append(capsys.readouterr().out.replace(str(modeldir), "RUN"))
+    original, wrapped = (Checkpoint.load(tmp_path / run / "model-0.ckpt").model for run in ("resnet20", "wrapped"))
+    assert original.keys() == wrapped.keys() and all(torch.equal(original[k], wrapped[k]) for k in original)
+    assert tested[0] == tested[1] and "Test accuracy: " in tested[0]
+
+
+def wrapped_names(modeldir):
+    """The names in modeldir's checkpoints (the network's, and its moving average's) that carry a wrapper's prefix,
+    and how many checkpoints there are."""
+    paths = list(modeldir.glob("*.ckpt"))
+    checkpoints = [Checkpoint.load(path) for path in paths]
+    return [name for c in checkpoints for name in [*c.model, *c.average] if WRAPPED.match(name)], len(paths)
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_a_compiled_run_checkpoints_its_network_unwrapped(backend, cifar_dir, tmp_path, monkeypatch, capsys):
+    """torch.compile's module names its weights "_orig_mod.*"; the run checkpoints the network it wraps. The eager
+    backend makes the same wrapper without inductor's C++ build (seconds instead of a minute)."""
+    compile, compiled = torch.compile, []
+
+    def compile_with_backend(model):
+        compiled.append(compile(model, backend=backend))
+        return compiled[-1]
+
+    monkeypatch.setattr(torch, "compile", compile_with_backend)
+    train(small_config(cifar_dir, tmp_path, epochs=1, compile=True, ema_decay=0.9), Lines())
+    assert "torch.compile failed" not in capsys.readouterr().out, "the run was compiled"
+    assert all(name.startswith("_orig_mod.") for name in compiled[0].state_dict())
+    wrapped, checkpoints = wrapped_names(tmp_path / "model")
+    assert checkpoints == 2 and wrapped == []  # model-1.ckpt and model-best.ckpt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_data_parallel_run_checkpoints_its_network_unwrapped(compiled, cifar_dir, tmp_path):
+    """Two processes under torchrun (tests/test_distributed.py), whose network DistributedDataParallel wraps
+    ("module.*"), and torch.compile too ("_orig_mod.*") where `compiled`."""
+    run = torchrun({**SETTINGS, "data_dir": str(cifar_dir), "compile": compiled, "ema_decay": 0.9}, tmp_path)
+    assert "torch.compile failed" not in run.stdout, "the run was compiled"
+    wrapped, checkpoints = wrapped_names(tmp_path / "model0")
+    assert checkpoints == 3 and wrapped == []  # model-1.ckpt, model-2.ckpt and model-best.ckpt

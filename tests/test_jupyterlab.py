@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hw2.config import FIRST_TRY
+from conftest import FIRST_TRY
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), "/usr/bin/chromedriver"
 if not (CHROMIUM and os.path.exists(CHROMEDRIVER)):
@@ -275,15 +275,16 @@ def test_03_run_all_again_and_after_a_restart_shows_the_same_run_and_other_param
         student.show("epochs 1 there, 2 here")
 
 
-def test_04_says_what_to_set_without_checkpoints_and_evaluates_the_run(student):
+def test_04_evaluates_the_bundled_network_before_a_run_then_the_run(student):
     """Runs on the checkpoint test_03 trained."""
-    with student.step("04-no-checkpoints"):
+    with student.step("04-the-bundled-network"):
         student.open("04_evaluate.ipynb")
         student.run_all()  # modeldir '': model_v1, which the copy does not have
-        texts, _ = student.outputs()
-        [error] = errors(texts)
-        assert "no checkpoints in ../model_v1" in error and "point modeldir at a run" in error
-        student.show("no checkpoints")
+        texts, images = student.outputs()
+        assert not errors(texts) and images == 3
+        assert ("model_v1 holds no checkpoints: testing the bundled ResNet-20 hw2/pretrained/resnet20_v1.ckpt"
+                in "".join(texts))
+        student.show("the bundled ResNet-20")
     with student.step("04-evaluate-the-tiny-run"):
         student.edit(modeldir=TINY_RUN["modeldir"])
         student.run_all()

@@ -7,7 +7,7 @@ import pytest
 from hw2 import notebook
 from hw2.config import Config
 from hw2.errors import ConfigError
-from conftest import metric_rows
+from conftest import metric_rows, parameter_lines
 
 matplotlib.use("Agg")
 
@@ -22,12 +22,12 @@ def checkout(tmp_path, monkeypatch):
 
 
 def test_parameter_lines_are_config_defaults_with_their_meanings():
-    lines = notebook.parameter_lines(["epochs", "lr_milestones", "modeldir"])
+    lines = parameter_lines(["epochs", "lr_milestones", "modeldir"])
     assert lines[0].startswith("epochs = 182 ") and lines[0].endswith("  # passes over the training split")
     assert lines[1].startswith("lr_milestones = [91, 136]  # ") and lines[2].startswith("modeldir = ''")
     assert len({line.index("#") for line in lines}) == 1  # the comments line up
     namespace = {}
-    exec("\n".join(notebook.parameter_lines()), namespace)
+    exec("\n".join(parameter_lines()), namespace)
     assert notebook.cell_config(namespace) == Config()
 
 
@@ -98,4 +98,4 @@ def test_live_curves_show_one_figure_and_redraw_it_in_place(monkeypatch, capsys)
 
 
 def test_a_notebook_without_config_fields_has_an_empty_parameter_list():
-    assert notebook.parameter_lines([]) == []
+    assert parameter_lines([]) == []

@@ -24,10 +24,11 @@ import papermill
 import pytest
 
 from hw2.augment import channel_stats
-from hw2.config import FIRST_TRY, Config, config_from
+from hw2.config import Config, config_from
 from hw2.data import load_data, train_valid_split
 from hw2.errors import ConfigError
-from hw2.notebook import FIELDS, cell_config, notebook_config, parameter_lines
+from hw2.notebook import FIELDS, cell_config, notebook_config
+from conftest import FIRST_TRY, parameter_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 # the root's conftest.py, how `pytest --nbval` runs 03 and 04, loaded by path (tests/conftest.py has its name)
@@ -42,7 +43,7 @@ REPORTS = ROOT / "reports"
 # as older versions by a first cell tagged OLDER.
 RERUN = {"r20_he": "bash benchmarks/report_r20_he.sh"}
 OLDER = "older-version"
-# 03 on its suggested first try (hw2.config.FIRST_TRY) for 2 epochs with a checkpoint each, the two that 04
+# 03 on its suggested first try (FIRST_TRY) for 2 epochs with a checkpoint each, the two that 04
 # tests; in runs/nbval, out of the way of a student's runs/try
 NBVAL_RUNS = {
     "03_train.ipynb": {**FIRST_TRY, "epochs": 2, "save_interval": 1, "modeldir": "runs/nbval"},
@@ -79,6 +80,18 @@ def parameter_names(notebook):
     keywords = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
     names = ast.literal_eval(call.args[1]) if len(call.args) > 1 else FIELDS
     return assigned, names, keywords.get("others", [])
+
+
+def tracked_notebooks():
+    """Every .ipynb that git tracks (notebooks/, reports/, tests/notebooks/); none outside a git checkout."""
+    listed = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True)
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
+@pytest.mark.parametrize("path", tracked_notebooks())
+def test_every_notebook_in_the_repository_is_valid_nbformat(path):
+    """As JupyterLab, nbconvert and nbval check it: a cell `id` needs nbformat 4.5, for one."""
+    nbformat.validate(nbformat.read(ROOT / path, as_version=nbformat.NO_CONVERT))
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
@@ -147,7 +160,7 @@ def test_unknown_papermill_parameter_is_an_error_naming_it(tmp_path):
 
 
 def test_the_first_try_that_03_suggests_is_the_shared_small_run():
-    """The `name = value` settings that 03's markdown gives after "a first try" are hw2.config.FIRST_TRY."""
+    """The `name = value` settings that 03's markdown gives after "a first try" are tests/conftest.py's FIRST_TRY."""
     [text] = [cell.source for cell in load(NOTEBOOKS / "03_train.ipynb").cells
               if cell.cell_type == "markdown" and "a first try" in cell.source]
     suggested = re.findall(r"`(\w+) = ([^`]+)`", text.split("a first try", 1)[1])
@@ -184,6 +197,27 @@ def test_pytest_nbval_as_typed_passes_on_all_then_on_one_notebook_and_leaves_the
         assert result.returncode == 0, f"pytest --nbval {notebooks}: " + result.stdout[-8000:] + result.stderr[-2000:]
         assert f"\n{passed} passed in " in result.stdout, result.stdout[-2000:]  # every cell, none skipped
     assert files() == before
+
+
+@pytest.mark.slow
+def test_04_runs_all_on_the_bundled_network_before_any_run_of_ones_own(tmp_path, real_data_dir):
+    """papermill with no parameters in a checkout without model_v1/, from its root and from notebooks/, where
+    JupyterLab starts the kernel: 04 tests the bundled ResNet-20 and says so."""
+    checkout = tmp_path / "hw2"
+    (checkout / "notebooks").mkdir(parents=True)
+    for name in ("04_evaluate.ipynb", "sample.png"):
+        shutil.copy(NOTEBOOKS / name, checkout / "notebooks")
+    (checkout / "hw2").symlink_to(ROOT / "hw2")
+    (checkout / "data").symlink_to(real_data_dir.resolve())
+    for cwd in (checkout, checkout / "notebooks"):
+        executed = papermill.execute_notebook(checkout / "notebooks" / "04_evaluate.ipynb", tmp_path / "out.ipynb",
+                                              cwd=cwd, progress_bar=False)
+        printed = "".join(output.get("text", "") for cell in code(executed) for output in cell.outputs)
+        assert "model_v1 holds no checkpoints: testing the bundled ResNet-20 hw2/pretrained/resnet20_v1.ckpt" in printed
+        assert f"reading the test images from {'data' if cwd == checkout else '../data'}\n" in printed
+        assert re.search(r"Test accuracy: 0\.87\d\d", printed) and not (checkout / "model_v1").exists()
+        assert sorted(path.name for path in (checkout / "reports" / "model_v1").iterdir()) == [
+            "confusion.csv", "confusion_matrix.png", "misclassified.png"]  # no test.csv: the bundled network has none
 
 
 def markdown_headings(notebook):

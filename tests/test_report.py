@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from hw2 import report
+from hw2.checkpoint import PRETRAINED
 from hw2.config import FAST_RECIPE, Config
 from hw2.modeldir import METRICS, read_metrics
 from hw2.models import ResNet, count_parameters
 from hw2.train import _load_data
-from conftest import metric_rows
+from conftest import metric_rows, read_confusion
 
 matplotlib.use("Agg")
 
@@ -96,6 +97,15 @@ def test_per_class_table_and_confusion_figures():
     assert rows == [["a", "4", "3", "0.7500"], ["b", "4", "4", "1.0000"]]
     fig = report.confusion_figure(confusion, ["a", "b"])
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "1", "3", "4"]
+
+
+def test_a_title_names_a_path_in_the_repository_from_its_top_folder_and_any_other_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(report.ROOT / "notebooks")  # where JupyterLab starts a notebook's kernel
+    assert report.title_path("../runs/r20_he/model-182.ckpt") == "runs/r20_he/model-182.ckpt"
+    assert report.title_path(PRETRAINED) == "hw2/pretrained/resnet20_v1.ckpt"
+    assert report.title_path(tmp_path / "model-1.ckpt") == str(tmp_path / "model-1.ckpt")
+    monkeypatch.chdir(tmp_path)
+    assert report.title_path("runs/try/model-1.ckpt") == "runs/try/model-1.ckpt"
 
 
 def test_misclassified_figure_titles_true_and_predicted_class():
@@ -183,6 +193,6 @@ def test_confusion_summary_and_the_confusion_csv(tmp_path):
     report.write_confusion(tmp_path / "confusion.csv", torch.tensor(confusion), ["cat", "dog", "frog"])
     assert (tmp_path / "confusion.csv").read_text().splitlines() == [
         "true \\ predicted,cat,dog,frog", "cat,90,5,0", "dog,20,80,0", "frog,10,0,70"]
-    matrix, classes = report.read_confusion(tmp_path / "confusion.csv")
+    matrix, classes = read_confusion(tmp_path / "confusion.csv")
     np.testing.assert_array_equal(matrix, confusion)
     assert classes == ["cat", "dog", "frog"] and matrix.dtype.kind == "i"

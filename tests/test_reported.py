@@ -1,4 +1,4 @@
-"""What README.md's and reports/README.md's result tables and the notebooks' prose say about the runs in
+"""What README.md's, docs/reproducing.md's and reports/README.md's result tables and the notebooks' prose say about the runs in
 reports/, read from the runs' own files (config.json, metrics.csv, test.csv, results.json, confusion.csv):
 a table or a lesson cannot drift from its run. Each check compares every number of a table cell or a paragraph,
 in order, so that a changed, added or dropped digit fails; a table row that is not listed here fails too.
@@ -20,7 +20,8 @@ from hw2.config import Config
 from hw2.data import CLASSES
 from hw2.modeldir import read_config, read_metrics, read_tests
 from hw2.models import BottleneckBlock, StandardBlock, count_parameters
-from hw2.report import read_confusion, smoothed_loss_floor, steps_per_epoch
+from hw2.report import smoothed_loss_floor, steps_per_epoch
+from conftest import read_confusion
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
@@ -155,12 +156,13 @@ def check_table(path, header, expected, after=""):
             assert numbers(rows[name][column]) == flatten([figures]), where
 
 
-# --- README.md -----------------------------------------------------------------------------------------
+# --- docs/reproducing.md and README.md --------------------------------------------------------------
 
 HE = ["r20_he", "182"]  # its last checkpoint
 
 
-def test_readme_results_table_is_the_runs_files():
+def results_table():
+    """docs/reproducing.md's results table as the runs' files say it: {run: {column: figures}}."""
     expected = {
         "r20_he": {"epochs": epochs("r20_he"), "wall time": r20_he_minutes(), "validation": last_valid("r20_he"),
                    "test": [accuracy_of(*HE), accuracy_of(*HE, True)]},
@@ -191,8 +193,22 @@ def test_readme_results_table_is_the_runs_files():
             "wall time": [f"{s / 60:.0f}" for s in sorted(results(name)["seconds"])],
             "test": [mean_std(name, "test_accuracy"), [pct(a) for a in results(name)["test_accuracy"]],
                      mean_std(name, "test_accuracy_tta")]})
-    check_table(ROOT / "README.md", "| run | network | recipe | epochs | wall time | validation | test | He et al. |",
-                expected)
+    return expected
+
+
+def test_the_results_table_of_the_docs_is_the_runs_files():
+    check_table(ROOT / "docs" / "reproducing.md",
+                "| run | network | recipe | epochs | wall time | validation | test | He et al. |", results_table())
+
+
+def test_readme_results_table_is_the_runs_files():
+    """The README's short table: three rows of the docs' table, their epochs and test figures (r20_prog's without
+    its seeds, fast60's without each seed's)."""
+    full = results_table()
+    expected = {name: {"epochs": full[name]["epochs"], "test": full[name]["test"]} for name in ("r20_he", "fast60")}
+    expected["fast60"]["test"] = [full["fast60"]["test"][0], full["fast60"]["test"][2]]
+    expected["r20_prog"] = {"epochs": full["r20_prog"]["epochs"], "test": full["r20_prog"]["test"][0]}
+    check_table(ROOT / "README.md", "| run | recipe | epochs | test | He et al. |", expected)
 
 
 def r20_he_minutes():
@@ -276,7 +292,7 @@ def test_reports_readme_30_and_60_epoch_tables_are_the_runs_files():
         "fast30_ls0: fast30 with --label_smoothing 0": seed_row("fast30_ls0"),
         "fast30_all: fast30 on all 50k images (--valid_size 0), seed 0, resumed once": seed_row("fast30_all"),
         "fast30_all, seed 1": seed_row("fast30_all", 1),
-        "fast30_all, mean ± std (seeds 0 and 1: the last run the budget allowed)": mean_row("fast30_all"),
+        "fast30_all, mean ± std (seeds 0 and 1: the last run the study's budget allowed)": mean_row("fast30_all"),
         "r20_he: He et al.'s recipe": he,
     }, after="**Thirty epochs**")
     check_table(README, EPOCHS_TABLE, {
@@ -296,7 +312,7 @@ def test_reports_readme_30_and_60_epoch_tables_are_the_runs_files():
         "fast60_all (--valid_size 0: all 50k images), seed 0": seed_row("fast60_all"),
         "fast60_all, seed 1 (stopped and resumed three times, on a slower machine of the same name)":
             seed_row("fast60_all", 1),
-        "fast60_all, mean ± std (seeds 0 and 1; the issue's rule stopped it there, below)": mean_row("fast60_all"),
+        "fast60_all, mean ± std (seeds 0 and 1; the study's stopping rule ended it there, below)": mean_row("fast60_all"),
         "fast30 (above), seed 0": seed_row("fast30"),
         "r20_he": he,
     }, after="**Sixty epochs**")
@@ -336,7 +352,7 @@ def test_reports_readme_all_images_paragraph_is_the_runs_files():
 
 
 def test_reports_readme_thirty_epochs_all_images_paragraph_is_the_runs_files():
-    """fast30_all's paragraph: seed 0's two sessions' minutes (it was resumed in epoch 20), the two seeds' mean
+    """fast30_all's paragraph: seed 0's minutes before and after its stop in epoch 20 (it was resumed), the two seeds' mean
     against fast30's seed 0 and He's, the noise of a difference of two single runs, the seed 2 a 3-seed mean at
     He's figure needs, and the last training accuracies."""
     [paragraph] = paragraphs_starting("**Thirty epochs on all 50,000")
@@ -345,7 +361,7 @@ def test_reports_readme_thirty_epochs_all_images_paragraph_is_the_runs_files():
     assert "float32 on the AVX2-only EPYC" in paragraph
     assert r["seeds"] == [0, 1]
     rows = metrics("fast30_all/fast30_all_seed0")
-    first = sum(row["seconds"] for row in rows if row["epoch"] < 20) / 60  # the session it was stopped in
+    first = sum(row["seconds"] for row in rows if row["epoch"] < 20) / 60  # before it was stopped
     second = sum(row["seconds"] for row in rows if row["epoch"] >= 20) / 60
     assert f"{first + second:.1f}" == minutes(r["seconds"][0])
     std = 100 * results("fast60")["test_accuracy_std"]
@@ -363,10 +379,10 @@ def test_reports_readme_thirty_epochs_all_images_paragraph_is_the_runs_files():
         f"{metrics('fast30/fast30_seed0')[-1]['train_acc']:.3f}"])
 
 
-def test_reports_readme_where_issue_31_ends_is_the_runs_files():
-    """The issue's training minutes (the candidates, less the Cutout run's pause, and the runs on all images), the
+def test_reports_readme_where_the_search_ends_is_the_runs_files():
+    """The search's training minutes (the candidates, less the Cutout run's pause, and the runs on all images), the
     two goals' gaps, the seed 2 each would need, and the runs on all images' last training accuracies."""
-    [paragraph] = paragraphs_starting("**Where issue 31 ends")
+    [paragraph] = paragraphs_starting("**Where the search ends")
     cutout, alternate = [results(name)["seconds"][0] / 60 for name in ("fast60_cutout_alt", "fast60_alt")]
     cutout -= UNRECORDED["fast60_cutout_alt paused minutes"]
     sixty, thirty = results("fast60_all"), results("fast30_all")
@@ -379,7 +395,7 @@ def test_reports_readme_where_issue_31_ends_is_the_runs_files():
     needed = [3 * goal - 100 * sum(r["test_accuracy"]) for goal, r in ((88.42, sixty), (he, thirty))]
     assert sixty["seeds"] == thirty["seeds"] == [0, 1]
     assert numbers(paragraph) == flatten([
-        "31", f"{cutout:.0f}", f"{alternate:.1f}", "45,000", [f"{m:.1f}" for m in all_minutes[:2]], "0", "1",
+        f"{cutout:.0f}", f"{alternate:.1f}", "45,000", [f"{m:.1f}" for m in all_minutes[:2]], "0", "1",
         [f"{m:.1f}" for m in all_minutes[2:]], "0", "1", f"{hours:.1f}", "8", "60",
         mean_std("fast60_all", "test_accuracy"), f"{88.42 - sixty_mean:.2f}", "88.42", "30", "30",
         mean_std("fast30_all", "test_accuracy"), f"{he - thirty_mean:.2f}", f"{he:.2f}",

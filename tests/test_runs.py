@@ -11,7 +11,7 @@ from hw2.data import load_test_data
 from hw2.errors import Hw2Error
 from hw2.evaluate import evaluate_checkpoints
 from hw2.events import Lines
-from hw2.modeldir import log_output, read_tests, record_test, write_config, write_metrics
+from hw2.modeldir import open_log, read_tests, record_test, write_config, write_metrics
 from hw2.runs import recipe, runs_table, seed_results
 from hw2.train import train
 from conftest import small_config
@@ -40,17 +40,19 @@ def test_a_run_keeps_its_config_and_what_it_printed(cifar_dir, tmp_path, capsys)
     assert json.loads((modeldir / "resolved.json").read_text())["resume"] is True
 
 
-def test_the_log_keeps_lines_as_they_last_stood_and_the_error_that_ended_the_run(tmp_path, capsys):
+def test_the_log_keeps_the_reporters_lines_and_the_error_that_ended_the_run(tmp_path, capsys):
+    report = Lines()
     with pytest.raises(ValueError):
-        with log_output(tmp_path, "heading"):
-            print("first")
-            print("\rbar 1/2\rbar 2/2\r       \r", end="")  # a progress bar that cleared itself
-            print("second")
-            print("\rbar 1/2\rbar 2/2")                       # one that stayed
+        with open_log(tmp_path, "heading") as log, report.logging_to(log):
+            report.show("first")
+            print("not the reporter's")
+            report.warning("second")
             raise ValueError("what went wrong")
-    assert capsys.readouterr().out.startswith("first\n\rbar 1/2")  # the screen got everything
+    report.show("after the run")
+    assert capsys.readouterr().out.splitlines() == ["first", "not the reporter's", "warning: second", "after the run"]
     log = (tmp_path / "log.txt").read_text().splitlines()
-    assert log[1:] == ["first", "second", "bar 2/2", "ValueError: what went wrong"]
+    assert log[0].startswith("--- ") and log[0].endswith(" heading")
+    assert log[1:] == ["first", "warning: second", "ValueError: what went wrong"]
 
 
 def test_testing_a_checkpoint_keeps_its_accuracy_for_the_table(cifar_dir, tmp_path, capsys):
@@ -103,7 +105,7 @@ def test_the_runs_in_reports_compare():
                             "fast60_cutout_alt_seed0", "fast60_seed0", "fast60_seed1", "fast60_seed2", "full30_seed0",
                             "full60_seed0", "r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
     reports = ("compile_avx2", "fast30", "fast30_all", "fast30_ls0", "fast30_wd1e3", "fast60", "fast60_all",
-               "fast60_alt", "fast60_cutout_alt", "full30", "full60")  # folders that are not runs
+               "fast60_alt", "fast60_cutout_alt", "full30", "full60", "timing")  # folders that are not runs
     assert left_out.endswith("left out: " + ", ".join(str(REPORTS / name) for name in reports))
     assert "182/182" in rows["r20_he"] and "87.84% (168)      87.54%  87.42% / 89.04% tta" in rows["r20_he"]
     assert rows["r20_he"].endswith("cpu bfloat16") and rows["v2_size2"].split()[1:3] == ["ResNet-20", "v2"]
