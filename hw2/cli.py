@@ -1,8 +1,9 @@
-"""The command line front end: python -m hw2 download | train | test | predict | import | runs. train's flags
-are the Config fields under their own names, explained by the Config's help (`python -m hw2 train --help`);
-test reads the network from the checkpoint; predict names what a checkpoint sees in pictures; runs compares
-runs. What training and testing report (hw2.events) is printed as lines on stdout, with a text progress bar on
-stderr (Lines), and error messages name parameters as flags.
+"""The command line front end: python -m hw2 download | train | test | predict | import | export | runs.
+train's flags are the Config fields under their own names, explained by the Config's help (`python -m hw2 train
+--help`); test reads the network from the checkpoint; predict names what a checkpoint sees in pictures; import
+and export bring networks in and out; runs compares runs. What training and testing report (hw2.events) is
+printed as lines on stdout, with a text progress bar on stderr (Lines), and error messages name parameters as
+flags.
 
     python -m hw2 train --recipe smoke --modeldir runs/smoke   # a short run: does everything work?
     python -m hw2 test --modeldir runs/smoke                   # the network and its tta come from the checkpoint
@@ -15,6 +16,7 @@ stderr (Lines), and error messages name parameters as flags.
     python -m hw2 runs runs/smoke model_v1                     # the runs side by side
     python -m hw2 runs reports/r20_he runs/smoke --tensorboard tb  # and for TensorBoard: tensorboard --logdir tb
     python -m hw2 import resnet20-12fca82f.th --modeldir runs/r20_published  # a published network, then test it
+    python -m hw2 export --format onnx --output resnet20.onnx  # the bundled ResNet-20 for onnxruntime
 """
 import argparse
 import dataclasses

@@ -6,8 +6,8 @@ The scalars, against TensorBoard's step, the SGD steps done since the start of t
 iterations so): at the end of each epoch, its metrics row (hw2.modeldir.METRICS, and valid_top5 for CIFAR-100) as
 `epoch/<column>`, NaN ones left out (no validation split), and `epoch/images_per_second`, the epoch's training
 images over its seconds; while training, every so many steps of an epoch (hw2.train.CHECK_EVERY) that step's batch
-loss as `step/train_loss`. Each session of a run writes an event file of its own, which tells TensorBoard to drop
-what earlier ones hold from the step the session goes on from: a resumed run shows the epochs it trains again once,
+loss as `step/train_loss`. Each start of a run (the first, and each resume) writes an event file of its own, which tells TensorBoard to drop
+what earlier ones hold from the step it goes on from: a resumed run shows the epochs it trains again once,
 as trained again.
 
 TensorBoard is an optional install (`pip install tensorboard`): without it, asking for its files is refused at
@@ -38,18 +38,18 @@ def require_tensorboard():
 def write_epoch(writer, row, steps, batch_size):
     """An epoch's scalars, from its metrics row (train()'s, or metrics.csv's), at the steps done by its end; it took
     `steps` steps of `batch_size` images."""
-    done = int(row["epoch"]) * steps
+    end = int(row["epoch"]) * steps
     for name, value in row.items():
         if name != "epoch" and not math.isnan(value):
-            writer.add_scalar(f"epoch/{name}", value, done)
-    writer.add_scalar("epoch/images_per_second", steps * batch_size / row["seconds"], done)
+            writer.add_scalar(f"epoch/{name}", value, end)
+    writer.add_scalar("epoch/images_per_second", steps * batch_size / row["seconds"], end)
 
 
 class TensorBoardReport(Relay):
     """Passes every event of a training run on to the front end's reporter (`shown`) and writes the run's event
     files in `logdir` as it goes: each epoch's scalars once it is done, and every `every` steps of an epoch that
-    step's loss. Reading the loss waits for the device, so `every` is the loop's CHECK_EVERY, at whose steps the
-    loop waits for it anyway. A context manager: its end closes the files."""
+    step's loss. Reading the loss waits for the device, so `every` is the loop's CHECK_EVERY, the steps at which the
+    loop looks at the device too. A context manager: its end closes the files."""
 
     def __init__(self, shown, logdir, every):
         super().__init__(shown)
@@ -70,7 +70,7 @@ class TensorBoardReport(Relay):
     def steps_begin(self, epoch, first_step, steps):
         super().steps_begin(epoch, first_step, steps)
         self.epoch, self.done, self.steps = epoch, first_step, steps
-        if self.writer is None:  # the session's first steps: what earlier sessions wrote after them is dropped
+        if self.writer is None:  # this start's first step: what earlier starts wrote from here on is dropped
             self.writer = require_tensorboard()(str(self.logdir), purge_step=epoch * steps + first_step + 1)
 
     def step(self, loss):

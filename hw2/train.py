@@ -187,7 +187,8 @@ def train(config, report=None, continue_same_run=False, base_dir="."):
     """Train a ResNet as `config` says -> (model, metrics rows); the model is the weights' moving average where
     config.ema_decay asks for one. What happens is reported to `report` (a hw2.events.Reporter; None: nothing is
     shown) on the main process, which keeps what it shows in modeldir/log.txt, the config as given in config.json
-    and what was decided for it (device, dtype, resumed or not, the paths) in resolved.json (hw2.modeldir).
+    and what was decided for it (device, dtype, resumed or not, the paths) in resolved.json (hw2.modeldir), and
+    with config.tensorboard TensorBoard's event files in modeldir/tensorboard/ (hw2.tensorboard).
 
     base_dir: the folder that relative data_dir and modeldir start from (a notebook's: its project).
     continue_same_run (the notebooks, whose Run All must be safe to repeat; one process): a modeldir that holds

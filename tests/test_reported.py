@@ -527,3 +527,15 @@ def test_what_03_says_label_smoothing_does_to_the_losses_holds():
         "label_smoothing"]
     assert fast30["train_loss"] > fast30["valid_loss"] and he["train_loss"] < he["valid_loss"] / 10
     assert fast30["train_loss"] > smoothed_loss_floor(read_config(REPORTS / "fast30/fast30_seed0")["label_smoothing"])
+
+
+def test_the_output_the_readme_and_docs_quote_is_a_runs():
+    """The lines of hw2's output that README.md and docs/ quote: an epoch line from a run's log.txt, and the test
+    accuracy of r20_he's last checkpoint (which is also the bundled model, tested in bfloat16 as it was trained)."""
+    logs = "".join(path.read_text() for path in REPORTS.rglob("log.txt"))
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = page.read_text()
+        for line in re.findall(r"Epoch \d+ Loss [^`]*", text):
+            assert line in logs, f"{page.name}: {line!r} is in no run's log.txt"
+        for accuracy in re.findall(r"Test accuracy: (0\.\d{4})", text):
+            assert accuracy == f"{float(accuracy_of(*HE)) / 100:.4f}", page.name
