@@ -44,8 +44,9 @@ def duration(seconds):
 
 def estimate_rows(paths=BENCHMARKS):
     rows = []
-    for path in paths:
-        record = json.loads(path.read_text())
+    records = {path: json.loads(path.read_text()) for path in paths}
+    for path, record in sorted(records.items(), key=lambda item: (processor_label(item[1]), item[1]["dtype"],
+                                                                   int(item[1]["model"].split()[0][7:]))):
         train, evaluate = record["img_per_s"]["hw2"]["train"], record["img_per_s"]["hw2"]["eval"]
         network = record["model"].split(" (")[0]
         epoch = 45000 / train + 5000 / evaluate

@@ -78,17 +78,23 @@ def run_metrics(folder):
     return read_metrics(path) if path.exists() else []
 
 
+def newest_tests(folder):
+    """The test.csv rows of the newest tested checkpoint of a run (model-best.ckpt's aside), without flip TTA
+    first."""
+    tests = [row for row in read_tests(folder) if NAME.match(row["checkpoint"])]
+    newest = max((row["checkpoint"] for row in tests), default=None, key=lambda name: int(NAME.match(name)[1]))
+    return sorted((row for row in tests if row["checkpoint"] == newest), key=lambda row: row["tta"])
+
+
 def run_row(folder):
     """One run's row of runs_table."""
     config = read_config(folder)
     metrics = run_metrics(folder)
     valid = [row for row in metrics if not math.isnan(row["valid_acc"])]
     best = max(valid, key=lambda row: row["valid_acc"], default=None)  # the first of equals, as model-best.ckpt
-    tests = [row for row in read_tests(folder) if NAME.match(row["checkpoint"])]  # model-best.ckpt's aside
-    newest = max((row["checkpoint"] for row in tests), default=None, key=lambda name: int(NAME.match(name)[1]))
     test = " / ".join(f"{100 * float(row['accuracy']):.2f}%" + (" tta" if row["tta"] == "True" else "")
                       + (f" (top-5 {100 * float(row['top5']):.2f}%)" if row.get("top5") else "")
-                      for row in sorted(tests, key=lambda row: row["tta"]) if row["checkpoint"] == newest)
+                      for row in newest_tests(folder))
     name, parameters = network(config)
     resolved = read_resolved(folder)
     return [Path(folder).name, name, recipe(config), f"{parameters:,}", f"{len(metrics)}/{config['epochs']}",
@@ -97,20 +103,64 @@ def run_row(folder):
             _duration(sum(row["seconds"] for row in metrics)), f"{resolved['device']} {resolved['dtype']}"]
 
 
+def seed_groups(folders):
+    """The groups of two or more runs that differ only in seed (and in what does not change what is learned), each
+    in the order of `folders`."""
+    groups = {}
+    for folder in folders:
+        fields = _recipe_fields(read_config(folder))
+        groups.setdefault(repr(sorted(fields.items())), []).append(folder)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _mean_std(values, show):
+    """'mean ± std' of the values (None left out) as `show` writes one; '-' without any."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{show(statistics.fmean(values))} ± {show(std)}"
+
+
+def group_row(group):
+    """The mean ± std row of a group of seeds: best and last validation accuracy, the test accuracy of each run's
+    newest tested checkpoint (with flip TTA where tested so) and the training time, over the runs."""
+    rows = {"best": [], "last": [], "False": [], "True": [], "seconds": []}
+    for folder in group:
+        metrics = run_metrics(folder)
+        valid = [row["valid_acc"] for row in metrics if not math.isnan(row["valid_acc"])]
+        rows["best"].append(max(valid, default=None))
+        rows["last"].append(valid[-1] if valid else None)
+        tests = {row["tta"]: float(row["accuracy"]) for row in newest_tests(folder)}
+        rows["False"].append(tests.get("False"))
+        rows["True"].append(tests.get("True"))
+        rows["seconds"].append(sum(row["seconds"] for row in metrics))
+    percent = lambda value: f"{100 * value:.2f}"
+    test = [f"{_mean_std(rows[tta], percent)}%{' tta' * (tta == 'True')}" for tta in ("False", "True")
+            if any(v is not None for v in rows[tta])]
+    config = read_config(group[0])
+    name, parameters = network(config)
+    seeds = ",".join(str(read_config(folder)["seed"]) for folder in group)
+    return [f"mean ± std (seeds {seeds})", name, recipe(config), f"{parameters:,}", "",
+            _mean_std(rows["best"], percent) + "%", _mean_std(rows["last"], percent) + "%",
+            " / ".join(test) or "-", _mean_std(rows["seconds"], lambda s: f"{s / 60:.1f}") + " min", ""]
+
+
 def runs_table(folders):
     """One row per run (a modeldir, or a folder of reports/): network, recipe, parameters, epochs done of
     those asked for, best validation accuracy and its epoch, the last one, test accuracy of the newest tested
     checkpoint (and its top-5 accuracy for CIFAR-100),
-    training time (the epochs' seconds added up), device and dtype. Folders that are not runs (a glob such
-    as reports/*/ also finds benchmark folders) are named under the table; if none is a run, that is an
-    error."""
+    training time (the epochs' seconds added up), device and dtype; below them, for each group of runs that
+    differ only in seed, their mean ± std. Folders that are not runs (a glob such as reports/*/ also finds
+    benchmark folders) are named under the table; if none is a run, that is an error."""
     runs = [folder for folder in folders if is_run(folder)]
     if not runs:
         raise Hw2Error(f"{folders[0]} is not a run: it has no {CONFIG} and no checkpoint"
                        + (f" (nor has any of the other {len(folders) - 1})" if len(folders) > 1 else ""))
     header = ["run", "network", "recipe", "parameters", "epochs", "best valid (epoch)", "last valid", "test", "time",
               "device"]
-    table = format_table(header, [run_row(folder) for folder in runs], left=3)
+    rows = [run_row(folder) for folder in runs] + [group_row(group) for group in seed_groups(runs)]
+    table = format_table(header, rows, left=3)
     others = [str(folder) for folder in folders if folder not in runs]
     return table + (f"\nNot runs (no {CONFIG}, no checkpoint), left out: {', '.join(others)}" if others else "")
 

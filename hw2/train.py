@@ -263,7 +263,9 @@ def _train(config, modeldir, data_dir, resume, rank, world, device, report):
                         state.average.update(epoch * len(loader) + i)
                     totals.add(i, loss, logits, labels, finite)
                     report.step(loss)
-                    look = (i + 1) % CHECK_EVERY == 0  # reading the device's flags waits for it: only now and then
+                    # reading the device's flags waits for it: only now and then, and at an epoch's last step, so
+                    # that processes whose epochs are shorter than CHECK_EVERY steps still agree to stop
+                    look = (i + 1) % CHECK_EVERY == 0 or i + 1 == len(loader)
                     if look and config.on_nan == "stop":
                         check_finite(totals, epoch, config.on_nan, modeldir)
                     if (look or world == 1) and stop.requested(world, device):

@@ -161,3 +161,17 @@ def test_seeds_of_different_recipes_or_unfinished_or_untested_runs_are_refused(t
     with pytest.raises(Hw2Error, match=r"d has trained 2 of its 3 epochs: finish it \(train it again with "
                                        r"resume=True\)"):
         seed_results([unfinished], "mine", "cpu")
+
+
+def test_runs_that_differ_only_in_seed_get_a_mean_and_std_row(tmp_path):
+    seeds = [_finished_run(tmp_path / f"r_seed{seed}", seed, valid, {False: test, True: test + 0.01},
+                           save_interval=seed + 1)  # save_interval does not change what is learned
+             for seed, valid, test in ((0, 0.80, 0.85), (1, 0.82, 0.86), (2, 0.84, 0.87))]
+    other = _finished_run(tmp_path / "other", 0, 0.5, {False: 0.5}, weight_decay=5e-4)
+    lines = runs_table([*seeds, other]).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["r_seed0", "r_seed1", "r_seed2", "other", "mean"]
+    mean = lines[-1]
+    assert mean.startswith("mean ± std (seeds 0,1,2)") and "lr 0.1, batch 128, wd 0.0001 " in mean
+    # best and last validation (each run's last epoch is its best), test without and with flip TTA, minutes
+    assert "82.00 ± 2.00%  82.00 ± 2.00%  86.00 ± 1.00% / 87.00 ± 1.00% tta  0.3 ± 0.0 min" in mean
+    assert len(runs_table(seeds[:1] + [other]).splitlines()) == 4, "no row for a seed without another"

@@ -2,9 +2,9 @@
 their own key, configuration, state and logs in a temporary folder, stopped by PID afterwards), to which the tests
 submit the script as a user would, with sbatch, from the checkout.
 
-Each job trains the tests' small run (conftest's TEST_RUN) on the synthetic CIFAR-10 on the CPU. The node has the
-machine's cores; jobs ask for one core a task. It also has two GPUs in name only (SLURM's count, no device), so
-that a job asking for GPUs shows which device the script passes.
+Each job trains the tests' small run (conftest's TEST_RUN) on the synthetic CIFAR-10, on the device the script
+chooses. The node has the machine's cores; jobs ask for one core a task. It also has two GPUs in name only
+(device files that are not GPUs), so that a job asking for GPUs shows which device the script passes.
 """
 import json
 import os
@@ -150,7 +150,8 @@ def cluster(tmp_path_factory):
     node = socket.gethostname().split(".")[0]
     (folder / "slurm.conf").write_text(slurm_conf(folder, node))
     # two GPUs in name: SLURM wants a device file for each, and tells the jobs their indices (0 and 1)
-    (folder / "gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/null\nNodeName={node} Name=gpu File=/dev/zero\n")
+    (folder / "gres.conf").write_text("".join(f"NodeName={node} Name=gpu File={device}\n"
+                                              for device in ("/dev/null", "/dev/zero")))
     cluster = Cluster(folder, paths)
 
     processes = []
@@ -200,7 +201,16 @@ def wait_for(ready, what, folder, timeout=60):
 
 
 def output(record):
-    return Path(record["StdOut"]).read_text(errors="replace")  # the progress bar can cut a character
+    """What the job printed so far ('' before it starts)."""
+    path = Path(record["StdOut"])
+    return path.read_text(errors="replace") if path.exists() else ""  # the progress bar can cut a character
+
+
+def job_flags(cifar_dir, modeldir, **overrides):
+    """The train flags of the tests' small run, without --device: the script chooses it."""
+    settings = small_settings(cifar_dir, modeldir, **overrides)
+    del settings["device"]
+    return as_flags(settings)
 
 
 # Two processes of one image each: 80 steps an epoch, as the processes compare stop requests every 50 steps
@@ -212,7 +222,7 @@ TWO_TASKS = {"batch_size": 2, "epochs": 3, "save_interval": 1}
 def two_task_run(cluster, cifar_dir, tmp_path_factory):
     """A job of two tasks on one node, run to its end -> (its modeldir, its job record)."""
     folder = tmp_path_factory.mktemp("two_tasks")
-    flags = as_flags(small_settings(cifar_dir, folder / "run", **TWO_TASKS))
+    flags = job_flags(cifar_dir, folder / "run", **TWO_TASKS)
     [record] = cluster.wait(cluster.sbatch(["--ntasks-per-node=2", *ONE_CORE, f"--output={folder}/slurm-%j.out"],
                                            flags))
     return folder / "run", record
@@ -233,7 +243,7 @@ def test_a_two_task_job_trains_data_parallel_into_one_run(two_task_run):
 
 
 def test_an_array_trains_one_seed_per_task_each_into_its_own_modeldir(cluster, cifar_dir, tmp_path):
-    flags = as_flags(small_settings(cifar_dir, tmp_path / "run", epochs=1))
+    flags = job_flags(cifar_dir, tmp_path / "run", epochs=1)
     job = cluster.sbatch(["--array=0-1%1", *ONE_CORE, f"--output={tmp_path}/slurm-%A_%a.out"], flags)
     records = cluster.wait(job)
     assert [(r["JobState"], r["ExitCode"]) for r in records] == [("COMPLETED", "0:0")] * 2, \
@@ -250,7 +260,12 @@ def stop_and_submit_again(cluster, options, flags, modeldir, epochs):
     """Submit a job, send it SIGTERM once its first checkpoint is written, check that it stopped with a checkpoint
     of its own, and submit the same command again, which must finish the run."""
     job = cluster.sbatch(options, flags)
-    wait_for(lambda: (modeldir / "model-1.ckpt").exists(), "the first checkpoint", cluster.folder)
+    deadline = time.monotonic() + 60
+    while not (modeldir / "model-1.ckpt").exists():
+        [record] = cluster.jobs(job)
+        assert record["JobState"] not in ENDED, output(record)
+        assert time.monotonic() < deadline, f"no first checkpoint yet\n{output(record)}"
+        time.sleep(0.2)
     cluster.command("scancel", "--signal=TERM", job)  # as --signal=TERM@... sends it before the time limit
     [record] = cluster.wait(job)
     assert record["ExitCode"] == f"{128 + signal.SIGTERM}:0", output(record)
@@ -273,8 +288,8 @@ def test_a_stopped_job_submitted_again_ends_as_an_unstopped_one(cluster, cifar_d
     bit-identical to those of a run never stopped."""
     settings = dict(epochs=12, save_interval=1)
     options = [*ONE_CORE, f"--output={tmp_path}/slurm-%j.out"]
-    unstopped = cluster.sbatch(options, as_flags(small_settings(cifar_dir, tmp_path / "unstopped", **settings)))
-    stop_and_submit_again(cluster, options, as_flags(small_settings(cifar_dir, tmp_path / "stopped", **settings)),
+    unstopped = cluster.sbatch(options, job_flags(cifar_dir, tmp_path / "unstopped", **settings))
+    stop_and_submit_again(cluster, options, job_flags(cifar_dir, tmp_path / "stopped", **settings),
                           tmp_path / "stopped", settings["epochs"])
     [record] = cluster.wait(unstopped)
     assert record["ExitCode"] == "0:0", output(record)
@@ -285,17 +300,15 @@ def test_a_signal_stops_every_task_of_a_job_at_the_same_step(cluster, cifar_dir,
     """SLURM signals each task, the tasks agree on a step, rank 0 writes the checkpoint; the job submitted again
     ends with the weights of the two-task run that was never stopped."""
     options = ["--ntasks-per-node=2", *ONE_CORE, f"--output={tmp_path}/slurm-%j.out"]
-    stop_and_submit_again(cluster, options, as_flags(small_settings(cifar_dir, tmp_path / "run", **TWO_TASKS)),
+    stop_and_submit_again(cluster, options, job_flags(cifar_dir, tmp_path / "run", **TWO_TASKS),
                           tmp_path / "run", TWO_TASKS["epochs"])
     assert same_weights(tmp_path / "run" / "model-3.ckpt", two_task_run[0] / "model-3.ckpt")
 
 
 def test_a_job_with_gpus_trains_on_cuda(cluster, cifar_dir, tmp_path):
-    """The node's GPUs are a count without devices, so hw2 finds no CUDA GPU: its error names the device that the
-    script chose."""
-    settings = small_settings(cifar_dir, tmp_path / "run", epochs=1)
-    del settings["device"]  # the script's choice
-    flags = as_flags(settings)
+    """The node's GPUs are not real ones, so hw2 finds no CUDA GPU: its error names the device that the script
+    chose."""
+    flags = job_flags(cifar_dir, tmp_path / "run", epochs=1)
     job = cluster.sbatch(["--gpus-per-task=1", *ONE_CORE, f"--output={tmp_path}/slurm-%j.out"], flags)
     [record] = cluster.wait(job)
     assert "--device cuda was asked for but torch sees no CUDA GPU" in output(record)
