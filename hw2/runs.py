@@ -113,13 +113,13 @@ def seed_groups(folders):
     return [group for group in groups.values() if len(group) > 1]
 
 
-def _mean_std(values, show):
-    """'mean ± std' of the values (None left out) as `show` writes one; '-' without any."""
+def _mean_std(values, show, unit=""):
+    """'mean ± std' of the values (None left out) as `show` writes one, then `unit`; '-' without any."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{show(statistics.fmean(values))} ± {show(std)}"
+    return f"{show(statistics.fmean(values))} ± {show(std)}{unit}"
 
 
 def group_row(group):
@@ -136,14 +136,14 @@ def group_row(group):
         rows["True"].append(tests.get("True"))
         rows["seconds"].append(sum(row["seconds"] for row in metrics))
     percent = lambda value: f"{100 * value:.2f}"
-    test = [f"{_mean_std(rows[tta], percent)}%{' tta' * (tta == 'True')}" for tta in ("False", "True")
+    test = [_mean_std(rows[tta], percent, "%" + " tta" * (tta == "True")) for tta in ("False", "True")
             if any(v is not None for v in rows[tta])]
     config = read_config(group[0])
     name, parameters = network(config)
     seeds = ",".join(str(read_config(folder)["seed"]) for folder in group)
     return [f"mean ± std (seeds {seeds})", name, recipe(config), f"{parameters:,}", "",
-            _mean_std(rows["best"], percent) + "%", _mean_std(rows["last"], percent) + "%",
-            " / ".join(test) or "-", _mean_std(rows["seconds"], lambda s: f"{s / 60:.1f}") + " min", ""]
+            _mean_std(rows["best"], percent, "%"), _mean_std(rows["last"], percent, "%"),
+            " / ".join(test) or "-", _mean_std(rows["seconds"], lambda s: f"{s / 60:.1f}", " min"), ""]
 
 
 def runs_table(folders):
