@@ -56,9 +56,9 @@ PLACEHOLDER = re.compile(r"\b[A-Z]{2,}\b|\.\.\.")  # runs/NAME, --modeldir DIR, 
 
 
 def shown_commands(page):
-    """The commands `page` shows, in order: each line of its bash and powershell blocks, each `$ ` line of its
-    plain blocks (the rest is output), and each inline code span that starts with python -m or papermill
-    and holds no placeholder. Comments and Colab's `!` are cut."""
+    """The commands `page` shows, in order, each once: each line of its bash and powershell blocks, each `$ ` line
+    of its plain blocks (the rest is output), and each inline code span that starts with python -m or papermill,
+    has arguments and holds no placeholder. Comments and Colab's `!` are cut."""
     commands, block = [], None
     for line in page.read_text().splitlines():
         if line.lstrip().startswith("```"):
@@ -68,10 +68,10 @@ def shown_commands(page):
             command = line.removeprefix("$ ").removeprefix("!").split("  #")[0].split(" # ")[0].strip()
             if command:
                 commands.append(command)
-        elif block is None:
+        elif block is None:  # `python -m hw2 runs` alone names the command: not one to run
             commands += [span for span in re.findall(r"`((?:python -m|papermill) [^`]+)`", line)
-                         if not PLACEHOLDER.search(span)]
-    return commands
+                         if not PLACEHOLDER.search(span) and not re.fullmatch(r"python -m hw2(?: \w+)?", span)]
+    return list(dict.fromkeys(commands))  # a command a page repeats is the same run, run once
 
 
 def python_blocks(page):
@@ -109,12 +109,14 @@ def shortened(command, page, folder):
     return program + argv[1:]
 
 
-def user_folder(folder, cifar_dir):
-    """A copy of the checkout in `folder` as a user has it, with the small synthetic CIFAR-10 as its data/, and
-    the pictures and the published checkpoint the docs name."""
+def user_folder(folder, cifar_dir, cifar100_dir):
+    """A copy of the checkout in `folder` as a user has it, with the small synthetic CIFAR-10 and CIFAR-100 in its
+    data/, and the pictures and the published checkpoint the docs name."""
     shutil.copytree(ROOT, folder, ignore=shutil.ignore_patterns(".git", ".venv", "data", "runs", "model_v*",
                                                                "__pycache__", "*.egg-info", ".ipynb_checkpoints"))
-    (folder / "data").symlink_to(cifar_dir)
+    (folder / "data").mkdir()
+    for dataset in (*cifar_dir.iterdir(), *cifar100_dir.iterdir()):
+        (folder / "data" / dataset.name).symlink_to(dataset)
     (folder / "photos").mkdir()
     for path in ("photo.jpg", "cat.jpg", "photos/red.png"):
         Image.new("RGB", (48, 40), (200, 30, 30)).save(folder / path)
@@ -125,10 +127,10 @@ def user_folder(folder, cifar_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_command_of_the_readme_and_docs_runs(page, tmp_path, cifar_dir):
+def test_every_command_of_the_readme_and_docs_runs(page, tmp_path, cifar_dir, cifar100_dir):
     """Each page's commands in order, in a copy of the checkout of its own (a page may train the run another
     page trains)."""
-    folder = user_folder(tmp_path / "hw2", cifar_dir)
+    folder = user_folder(tmp_path / "hw2", cifar_dir, cifar100_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for command in [c for c in shown_commands(page) if runnable(c)]:
         run = subprocess.run(shortened(command, page, folder), cwd=folder, capture_output=True, text=True, env=env,

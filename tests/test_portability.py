@@ -103,10 +103,11 @@ def test_train_stop_resume_test_and_a_busy_modeldir_on_windows(cifar_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_every_command_the_readme_gives_runs_on_windows(cifar_dir, tmp_path):
-    """Each `python -m hw2 ...` command of the README, on small data, as Windows would run it (train's stop and
-    resume are the test above)."""
-    typed = set(re.findall(r"(?:^!?|`)python -m (hw2(?:\.bench)?)(?: (\w+))?", README.read_text(), re.M))
+def test_every_command_the_readme_and_docs_give_runs_on_windows(cifar_dir, tmp_path):
+    """Each kind of `python -m hw2 ...` command of the README and docs/, on small data, as Windows would run it
+    (train's stop and resume are the test above)."""
+    text = "".join(page.read_text() for page in [README, *(README.parent / "docs").glob("*.md")])
+    typed = set(re.findall(r"(?:^!?|`)python -m (hw2(?:\.bench)?)(?: ([a-z]\w*))?", text, re.M))
     modeldir, published = tmp_path / "run", tmp_path / "resnet20.th"
     small = ["--resnet_size", "1", "--first_num_filters", "8", "--batch_size", "20", "--valid_size", "40", "--epochs",
              "1", "--data_dir", cifar_dir, "--device", "cpu"]
@@ -118,9 +119,11 @@ def test_every_command_the_readme_gives_runs_on_windows(cifar_dir, tmp_path):
             ("hw2", "predict"): ["predict", tmp_path / "picture.png", "--modeldir", modeldir, "--json"],
             ("hw2", "runs"): ["runs", modeldir],
             ("hw2", "import"): ["import", published, "--modeldir", tmp_path / "imported"],
+            ("hw2", "export"): ["export", "--modeldir", modeldir, "--format", "torchscript", "--output",
+                                tmp_path / "exported.pt"],
             ("hw2.bench", ""): ["--resnet_size", "1", "--batch_size", "8", "--steps", "1", "--eval_images", "16",
                                 "--ref_eval_images", "4", "--windows", "1", "--warmup", "0", "--data_dir", cifar_dir]}
-    assert typed - {("hw2", "")} == set(runs), "a README command this test does not run"
+    assert typed - {("hw2", "")} == set(runs), "a command of the README or docs/ this test does not run"
     for (program, _), args in runs.items():
         run = on_windows(*args, program=BENCH if program == "hw2.bench" else CLI)
         assert run.returncode == 0, f"{program} {args[0]}: {run.stderr[-2000:]}"
