@@ -131,3 +131,9 @@ def test_hubconf_declares_what_it_imports_beyond_torch():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     imported, dependencies = json.loads(run.stdout)
     assert set(imported) <= set(dependencies)
+
+
+def test_the_docs_give_the_projections_and_he_et_als_counts():
+    page = (ROOT / "docs" / "tools.md").read_text()
+    published = ", ".join(f"{ENTRIES[entry][3]}M" for entry in OPTION_A)
+    assert f"{PROJECTIONS:,} parameters more" in page and f"counts ({published})" in page

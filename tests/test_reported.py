@@ -539,3 +539,19 @@ def test_the_output_the_readme_and_docs_quote_is_a_runs():
             assert line in logs, f"{page.name}: {line!r} is in no run's log.txt"
         for accuracy in re.findall(r"Test accuracy: (0\.\d{4})", text):
             assert accuracy == f"{float(accuracy_of(*HE)) / 100:.4f}", page.name
+
+
+def test_what_the_docs_say_the_runs_show_is_the_runs_files():
+    """docs/reproducing.md's list of what the runs show: each figure from results.json and test.csv."""
+    page = (ROOT / "docs" / "reproducing.md").read_text()
+    bullets = {b.split(":")[0]: b for b in re.findall(r"^- (.*?)(?=\n- |\n\n)", page, re.M | re.S)}
+    he = float(accuracy_of(*HE))
+    short = sorted(he - 100 * results(name)["test_accuracy"][0] for name in ("full30", "fast30"))
+    assert numbers(bullets["`fast30` and `full30`"]) == ["30", *(f"{x:.2f}" for x in short), pct(he / 100)]
+    fast60 = 100 * results("fast60")["test_accuracy_mean"]
+    assert numbers(bullets["`fast60`"]) == ["60", pct(he / 100), f"{fast60 - he:.2f}", f"{he + 1:.2f}", "1",
+                                            f"{he + 1 - fast60:.2f}"]
+    full60, fast60_runs = results("full60"), results("fast60")
+    assert numbers(bullets["`full60`"]) == ["60", pct(full60["valid_accuracy"][0]), "0",  # seed 0's
+                                            pct(fast60_runs["valid_accuracy"][0]),
+                                            f"{full60['seconds'][0] / fast60_runs['seconds'][0]:.1f}"]
