@@ -11,6 +11,7 @@ reporter and writes TensorBoard's event files besides.
 """
 import contextlib
 import math
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -96,8 +97,9 @@ class Lines(Reporter):
             self.log = None
 
     def progress_bar(self, **kwargs):
-        """A tqdm bar on stderr, which the lines on stdout leave alone when stdout goes to a file."""
-        return tqdm(**kwargs)
+        """A tqdm bar on stderr where a person watches it, a terminal; none where stderr goes to a file or a pipe
+        (a batch job's output, a log), which would keep each of its redraws: the epoch lines tell the same."""
+        return tqdm(**{"disable": not sys.stderr.isatty(), **kwargs})
 
     def continuing(self, modeldir):
         self.show(f"{modeldir} holds a run of these same parameters: continuing it, as {field('resume', True)} "

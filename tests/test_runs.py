@@ -108,7 +108,7 @@ def test_the_runs_in_reports_compare():
                             "fast30_wd1e3_seed0", "fast60_all_seed0", "fast60_all_seed1", "fast60_alt_seed0",
                             "fast60_cutout_alt_seed0", "fast60_seed0", "fast60_seed1", "fast60_seed2", "full30_seed0",
                             "full60_seed0", "r20_5ep", "r20_fast", "r20_he", "r20_prog", "v2_size2"]
-    reports = ("compile_avx2", "fast30", "fast30_all", "fast30_ls0", "fast30_wd1e3", "fast60", "fast60_all",
+    reports = ("compile_avx2", "depth", "fast30", "fast30_all", "fast30_ls0", "fast30_wd1e3", "fast60", "fast60_all",
                "fast60_alt", "fast60_cutout_alt", "full30", "full60", "timing")  # folders that are not runs
     assert left_out.endswith("left out: " + ", ".join(str(REPORTS / name) for name in reports))
     assert "182/182 87.84% (168) 87.54% 87.42% / 89.04% tta" in " ".join(rows["r20_he"].split())

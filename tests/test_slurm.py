@@ -1,6 +1,6 @@
-"""slurm/train.sbatch on a real SLURM: a one-node cluster of this machine (munged, slurmctld and slurmd with
-their own key, configuration, state and logs in a temporary folder, stopped by PID afterwards), to which the tests
-submit the script as a user would, with sbatch, from the checkout.
+"""slurm/train.sbatch on a real SLURM: a one-node cluster of this machine started by slurm/local_cluster.py
+(munged, slurmctld and slurmd with their own key, configuration, state and logs in a temporary folder, stopped by
+their PIDs afterwards), to which the tests submit the script as a user would, with sbatch, from the checkout.
 
 Each job trains the tests' small run (conftest's TEST_RUN) on the synthetic CIFAR-10, on the device the script
 chooses. The node has the machine's cores; jobs ask for one core a task. It also has two GPUs in name only
@@ -8,10 +8,10 @@ chooses. The node has the machine's cores; jobs ask for one core a task. It also
 """
 import json
 import os
-import shutil
+import re
 import signal
-import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,117 +20,28 @@ import torch
 
 from conftest import as_flags, small_settings
 from hw2.checkpoint import Checkpoint
+from hw2.modeldir import read_tests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "slurm"))
+import local_cluster  # noqa: E402  (slurm/local_cluster.py: a script beside the job script, not a package)
+
 SCRIPT = "slurm/train.sbatch"
-DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo")
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-         "DEADLINE"}
+ENDED = local_cluster.ENDED
 ONE_CORE = ["--cpus-per-task=1"]  # the script's default (4) is more than a CI machine has
 
 pytestmark = pytest.mark.slow
 
 
-def programs():
-    """Each daemon's and client's path (the daemons are in /usr/sbin, which a user's PATH may leave out)."""
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return {name: shutil.which(name, path=path) for name in DAEMONS + CLIENTS}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def slurm_conf(folder, node):
-    """One node, this machine (`node`), with all its cores; jobs requeue; nothing is accounted."""
-    return f"""\
-ClusterName=hw2test
-SlurmctldHost={node}(127.0.0.1)
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={folder}/run/munge.socket
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool
-SlurmctldPidFile={folder}/run/slurmctld.pid
-SlurmdPidFile={folder}/run/slurmd.pid
-SlurmctldLogFile={folder}/log/slurmctld.log
-SlurmdLogFile={folder}/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MpiDefault=none
-ReturnToService=2
-KillWait=5
-JobRequeue=1
-MailProg=/bin/true
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/none
-GresTypes=gpu
-NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} Gres=gpu:2 State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
-"""
-
-
-class Cluster:
-    """The running cluster: `env` is the environment its client commands need (SLURM_CONF)."""
-
-    def __init__(self, folder, paths):
-        self.folder, self.paths = folder, paths
-        self.env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "OMP_NUM_THREADS": "1"}
-
-    def command(self, name, *args):
-        run = subprocess.run([self.paths[name], *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=30)
-        assert run.returncode == 0, f"{name} {' '.join(args)}: {run.stdout}{run.stderr}"
-        return run.stdout
-
+class Cluster(local_cluster.Cluster):
     def sbatch(self, options, flags):
-        """Submit the script from the checkout, as a user does -> the job's id."""
-        return self.command("sbatch", "--parsable", *options, SCRIPT, *flags).strip().split(";")[0]
-
-    def jobs(self, job):
-        """{field: value} of the job, one for each task of an array."""
-        lines = self.command("scontrol", "show", "job", "--oneliner", job).splitlines()
-        return [dict(word.split("=", 1) for word in line.split() if "=" in word) for line in lines if line]
-
-    def wait(self, job, timeout=120):
-        """Wait until the job (each task of an array) has ended -> its records."""
-        deadline = time.monotonic() + timeout
-        while True:
-            records = self.jobs(job)
-            if all(r["JobState"] in ENDED for r in records):
-                return records
-            assert time.monotonic() < deadline, f"job {job} still {[r['JobState'] for r in records]}"
-            time.sleep(0.5)
-
-
-def start(argv, log, env):
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def stop(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        """Submit the job script from the checkout, as a user does -> the job's id."""
+        return super().sbatch(options, SCRIPT, flags)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    paths = programs()
-    missing = [name for name, path in paths.items() if path is None]
+    missing = local_cluster.missing_programs()
     if missing:
         reason = f"SLURM is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge"
         if os.environ.get("CI") == "true":
@@ -142,62 +53,11 @@ def cluster(tmp_path_factory):
         pytest.skip("the job script activates the checkout's .venv, which this checkout lacks")
 
     folder = tmp_path_factory.mktemp("slurm")
-    for name in ("run", "state", "spool", "log", "munge"):
-        (folder / name).mkdir()
-    key = folder / "munge" / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    key.chmod(0o400)
-    node = socket.gethostname().split(".")[0]
-    (folder / "slurm.conf").write_text(slurm_conf(folder, node))
-    # two GPUs in name: SLURM wants a device file for each, and tells the jobs their indices (0 and 1)
-    (folder / "gres.conf").write_text("".join(f"NodeName={node} Name=gpu File={device}\n"
-                                              for device in ("/dev/null", "/dev/zero")))
-    cluster = Cluster(folder, paths)
-
-    processes = []
-    with open(folder / "log" / "daemons.out", "w") as log:
-        try:
-            # --force: munged refuses sockets under folders that not everyone may enter, as temporary ones are
-            processes.append(start([paths["munged"], "--foreground", "--force", f"--key-file={key}",
-                                    f"--socket={folder}/run/munge.socket", f"--pid-file={folder}/run/munged.pid",
-                                    f"--log-file={folder}/log/munged.log", f"--seed-file={folder}/munge/seed"],
-                                   log, cluster.env))
-            wait_for(lambda: (folder / "run" / "munge.socket").exists(), "munged's socket", folder)
-            processes.append(start([paths["slurmctld"], "-D"], log, cluster.env))
-            processes.append(start([paths["slurmd"], "-D", "-N", node], log, cluster.env))
-            wait_for(lambda: cluster.command("sinfo", "--noheader", "--Node", "--format=%t").strip() == "idle",
-                     "the node to be idle", folder)
-            yield cluster
-        finally:
-            # no job may outlive the cluster: their slurmstepd processes are not children of this test
-            if processes[-1:] and processes[-1].poll() is None:
-                subprocess.run([paths["scancel"], "--user=root"], env=cluster.env, capture_output=True, timeout=30)
-                deadline = time.monotonic() + 30
-                while any(state not in ENDED for state in job_states(cluster)) and time.monotonic() < deadline:
-                    time.sleep(0.5)
-            for process in reversed(processes):
-                stop(process)
-
-
-def job_states(cluster):
-    run = subprocess.run([cluster.paths["scontrol"], "show", "jobs", "--oneliner"], env=cluster.env,
-                         capture_output=True, text=True, timeout=30)
-    return [word.split("=", 1)[1] for line in run.stdout.splitlines() for word in line.split()
-            if word.startswith("JobState=")]
-
-
-def wait_for(ready, what, folder, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if ready():
-                return
-        except AssertionError:  # a client before its daemon is up
-            pass
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((folder / "log").iterdir()))
-            raise AssertionError(f"timed out waiting for {what}\n{logs}")
-        time.sleep(0.5)
+    try:
+        local_cluster.start(folder, gpus=2, cwd=ROOT)
+        yield Cluster(folder, cwd=ROOT)
+    finally:
+        local_cluster.stop(folder)  # no job and no daemon may outlive the tests
 
 
 def output(record):
@@ -312,3 +172,49 @@ def test_a_job_with_gpus_trains_on_cuda(cluster, cifar_dir, tmp_path):
     job = cluster.sbatch(["--gpus-per-task=1", *ONE_CORE, f"--output={tmp_path}/slurm-%j.out"], flags)
     [record] = cluster.wait(job)
     assert "--device cuda was asked for but torch sees no CUDA GPU" in output(record)
+
+
+def test_the_local_cluster_will_not_start_over_a_folder_in_use(cluster):
+    """Starting a second cluster in the folder of a running one would overwrite its key and configuration."""
+    run = subprocess.run([sys.executable, "slurm/local_cluster.py", "start", str(cluster.folder)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    assert run.stderr.strip() == (f"{cluster.folder} is not empty: give a new folder (or stop the cluster in it and "
+                                  "remove it)")
+    assert cluster.command("sinfo", "--noheader", "--Node", "--format=%t").strip() in {"idle", "mixed", "alloc"}
+
+
+def test_the_depth_study_trains_and_tests_each_depth_in_turn_and_reports_them(cluster, cifar_dir, tmp_path):
+    """benchmarks/depth_study.sh submits a training job and then a test job per depth, each after the one before;
+    benchmarks/depth_report.py makes the report from the runs they leave."""
+    runs = tmp_path / "runs"
+    # 4 epochs, so that the recipe's last is at 32x32, whose seconds the report gives
+    flags = f"--data_dir {cifar_dir} --train_subset 40 --batch_size 20 --first_num_filters 8 --epochs 4"
+    env = {**cluster.env, "PATH": f"{Path(cluster.paths['sbatch']).parent}:{cluster.env['PATH']}",
+           "RUNS": str(runs), "CPUS": "1", "FLAGS": flags}
+    submitted = subprocess.run(["bash", "benchmarks/depth_study.sh", "1", "2"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    jobs = re.findall(r"job (\d+)", submitted.stdout)
+    assert len(jobs) == 4, submitted.stdout
+    records = [record for job in jobs for record in cluster.wait(job)]
+    assert [(r["JobState"], r["ExitCode"]) for r in records] == [("COMPLETED", "0:0")] * 4, \
+        "\n".join(map(output, records))
+    # one job at a time: each started once the one before it had ended
+    by_start = sorted(records, key=lambda r: r["StartTime"])
+    assert all(a["EndTime"] <= b["StartTime"] for a, b in zip(by_start, by_start[1:]))
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import depth_report
+    depth_report.main(runs, tmp_path / "report")
+    text = (tmp_path / "report" / "README.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ResNet-")}
+    assert list(rows) == ["ResNet-8", "ResNet-14", "ResNet-20", "ResNet-32", "ResNet-44", "ResNet-56", "ResNet-110"]
+    for name in ("ResNet-8", "ResNet-14"):
+        tests = read_tests(tmp_path / "report" / name.lower().replace("-", ""))
+        assert {row["tta"] for row in tests} == {"True", "False"}
+        assert rows[name][5] == f"{100 * float(next(r for r in tests if r['tta'] == 'False')['accuracy']):.2f}%"
+    assert all(rows[name][4].startswith("not run: ") for name in list(rows)[2:])
+    slurm_out = (tmp_path / "report" / "resnet8" / "slurm.out").read_text()
+    assert "Epoch 4 Loss" in slurm_out and "\r" not in slurm_out
+    assert (tmp_path / "report" / "depth.png").stat().st_size > 10000

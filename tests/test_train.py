@@ -1,4 +1,5 @@
 import dataclasses
+import io
 import math
 import re
 import sys
@@ -324,6 +325,19 @@ def test_the_progress_bar_fits_the_place(monkeypatch, reporter, frontend, bar):
         assert not isinstance(made, tqdm_notebook)
         assert made.fp._wrapped is (sys.stdout if bar == "text on stdout" else sys.stderr)
     made.close()
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_command_line_draws_its_bar_on_a_terminal_alone(monkeypatch, terminal):
+    """A batch job's output file (SLURM's slurm-*.out) would keep every redraw of the bar: none there."""
+    stderr = io.StringIO()
+    stderr.isatty = lambda: terminal
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with Lines().progress_bar(total=3) as bar:
+        drawn = not bar.disable
+        bar.update(3)
+    assert drawn == terminal
+    assert ("3/3" in stderr.getvalue()) == terminal
 
 
 def test_a_notebook_run_again_shows_a_finished_run_continues_an_unfinished_one_and_names_other_parameters(
