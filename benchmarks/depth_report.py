@@ -1,7 +1,8 @@
-"""reports/depth/ from the runs of benchmarks/depth_study.sh: each run's files (config.json, metrics.csv, test.csv,
-log.txt, and its SLURM job's output without the progress bars, as slurm.out), machine.json (this machine's
-processor: run it on the machine that trained the runs), the figure depth.png and README.md, whose table and
-sentences this module writes from those files alone. tests/test_depth.py checks that README.md is what they give.
+"""reports/depth/ from the runs of benchmarks/depth_study.sh: each run's files (config.json, resolved.json,
+metrics.csv, test.csv, log.txt, and its SLURM job's output without the progress bars, as slurm.out), machine.json
+(this machine's processor: run it on the machine that trained the runs), the figure depth.png and README.md, whose
+table and sentences this module writes from those files alone. tests/test_depth.py checks that README.md is what
+they give.
 
     bash benchmarks/depth_study.sh 1 2 3 5          # on a SLURM cluster
     python benchmarks/depth_report.py [RUNS [REPORT]]   # default runs/depth reports/depth
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hw2.config import Config
-from hw2.modeldir import CONFIG, LOG, METRICS_FILE, TESTS, read_config, read_metrics
+from hw2.modeldir import CONFIG, LOG, METRICS_FILE, RESOLVED, TESTS, read_config, read_metrics
 from hw2.runs import network, newest_tests
 from hw2.runtime import processor
 from hw2.train import get_image_size
@@ -26,7 +27,7 @@ HE_ET_AL = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 # The study's resnet_size values: the assignment's depths and He et al.'s; those without a run get their
 # expected time
 STUDY = (1, 2, 3, 5, 7, 9, 18)
-FILES = (CONFIG, METRICS_FILE, TESTS, LOG)
+FILES = (CONFIG, RESOLVED, METRICS_FILE, TESTS, LOG)
 MACHINE = "machine.json"
 SLURM_OUT = "slurm.out"
 
@@ -164,8 +165,8 @@ the measured runs' figures against resnet_size, as each block adds about the sam
 
 ![Test accuracy against depth and against training time, CIFAR-10 (JPEG stand-in)](depth.png)
 
-Each run's folder (`resnet8/`, ...) holds its `config.json`, `metrics.csv`, `test.csv`, `log.txt` and its
-job's output `slurm.out`; `python -m hw2 runs reports/depth/resnet*/` compares them. To make the study again,
+Each run's folder (`resnet8/`, ...) holds its `config.json`, `resolved.json`, `metrics.csv`, `test.csv`, `log.txt`
+and its job's output `slurm.out`; `python -m hw2 runs reports/depth/resnet*/` compares them. To make the study again,
 from the repository's root on a SLURM cluster, then this folder from `runs/depth/`:
 
 ```bash
@@ -239,7 +240,7 @@ def main(runs="runs/depth", report="reports/depth"):
         [job_output] = runs.glob(f"slurm-{folder.name}-[0-9]*.out")  # the training job's, not its test job's
         with open(job_output, newline="", errors="replace") as f:  # newline="": keep the carriage returns
             (out / SLURM_OUT).write_text(without_progress_bars(f.read()))
-    resolved = json.loads((folders[0] / "resolved.json").read_text())
+    resolved = json.loads((folders[0] / RESOLVED).read_text())
     machine = {**processor(torch.device(resolved["device"])), "dtype": resolved["dtype"],
                "torch": torch.__version__}
     (report / MACHINE).write_text(json.dumps(machine, indent=1) + "\n")
