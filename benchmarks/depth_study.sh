@@ -8,7 +8,9 @@
 #   python benchmarks/depth_report.py               # reports/depth/ from runs/depth/
 #
 # RECIPE (default fast), CPUS (the cores each job takes; default all of this machine's), RUNS (default
-# runs/depth) and FLAGS (more train flags, e.g. "--data_dir /data/cifar") change it. Each run is $RUNS/resnet{6N+2}, and its job's output $RUNS/slurm-resnet{6N+2}-{job}.out.
+# runs/depth) and FLAGS (more train flags, e.g. "--data_dir /data/cifar") change it. Each run is
+# $RUNS/resnet{6N+2}, and its job's output $RUNS/slurm-resnet{6N+2}-{job}.out. The test jobs activate the
+# checkout's .venv, as slurm/train.sbatch does: where the cluster needs module loads, edit both.
 set -euo pipefail
 recipe=${RECIPE:-fast}
 cpus=${CPUS:-$(nproc)}
